@@ -1,0 +1,45 @@
+# The interface: make setup | test | reproduce | lab | sync | bench | clean
+# PROFILE=cpu (default, minutes on a laptop) or PROFILE=gpu (full size, one GPU): params/$(PROFILE).yaml
+PYTHON  ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+PROFILE ?= cpu
+export MPLBACKEND ?= Agg
+export PYDEVD_DISABLE_FILE_VALIDATION := 1
+
+.PHONY: setup test reproduce lab sync bench clean distclean
+
+setup: $(STAMP)
+
+# Reinstalls only when pyproject.toml changes; the stamp is written last, so a failed install is retried.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# Unit tests, then every notebook under nbval (lax: cells must run; assert cells check the numbers).
+test: setup
+	$(BIN)/python scripts/notebooks.py check-params
+	rm -rf build/nbval && $(BIN)/python scripts/notebooks.py convert --out build/nbval >/dev/null
+	CI=1 $(BIN)/python -m pytest -p no:cacheprovider tests build/nbval --nbval-lax
+
+reproduce: setup
+	$(BIN)/python scripts/notebooks.py reproduce --profile $(PROFILE)
+
+lab: setup
+	$(BIN)/jupytext --sync notebooks/[0-9][0-9]_*.py
+	$(BIN)/jupyter lab notebooks/
+
+sync: setup
+	$(BIN)/jupytext --sync notebooks/[0-9][0-9]_*.py
+
+bench: setup
+	$(BIN)/python benchmarks/bench_lncc.py
+
+clean:
+	rm -rf build results .pytest_cache
+
+distclean: clean
+	rm -rf $(VENV) data/cohort* *.egg-info

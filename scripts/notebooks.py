@@ -1,0 +1,124 @@
+"""Convert, check and run the notebooks (used by the Makefile; `python scripts/notebooks.py --help`).
+
+- `convert --out DIR`: write every notebooks/NN_*.py (jupytext percent, the source) as DIR/NN_*.ipynb.
+- `check-params`: every name in params/*.yaml must be a parameter of its notebook (papermill only warns).
+- `reproduce --profile P`: run every notebook with params/P.yaml through papermill; executed copies go to
+  results/P/NN_*.ipynb, written under a temporary name first and renamed when the run succeeded.
+Never writes into notebooks/: papermill's injected-parameters cell would sync back into the source.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
+
+
+def sources() -> list[Path]:
+    return sorted(NOTEBOOKS.glob("[0-9][0-9]_*.py"))
+
+
+def parameter_names(src: Path) -> set[str]:
+    """Names assigned in the cell tagged `parameters` of a jupytext percent notebook."""
+    import jupytext
+    nb = jupytext.read(src)
+    cells = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if len(cells) != 1:
+        raise SystemExit(f"{src.name}: expected exactly one cell tagged 'parameters', found {len(cells)}")
+    names = set()
+    for node in ast.parse(cells[0].source).body:
+        targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+        names |= {t.id for t in targets if isinstance(t, ast.Name)}
+    return names
+
+
+def load_profile(profile: str) -> dict:
+    import yaml
+    path = ROOT / "params" / f"{profile}.yaml"
+    if not path.exists():
+        known = ", ".join(p.stem for p in sorted((ROOT / "params").glob("*.yaml")))
+        raise SystemExit(f"no parameter file {path.relative_to(ROOT)}; profiles: {known}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise SystemExit(f"{path.name}: expected a mapping of notebook name -> {{parameter: value}}")
+    return data
+
+
+def check_params() -> list[str]:
+    """Every problem found in params/*.yaml, as messages (empty when all is well)."""
+    stems = {s.stem: s for s in sources()}
+    problems = []
+    for path in sorted((ROOT / "params").glob("*.yaml")):
+        for nb, values in load_profile(path.stem).items():
+            if nb not in stems:
+                problems.append(f"{path.name}: no notebook named {nb!r} (have: {', '.join(stems)})")
+                continue
+            unknown = set(values) - parameter_names(stems[nb])
+            if unknown:
+                problems.append(f"{path.name}: {nb} has no parameter(s) {', '.join(sorted(unknown))}")
+    return problems
+
+
+def convert(out: Path) -> list[Path]:
+    import jupytext
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for src in sources():
+        dst = out / f"{src.stem}.ipynb"
+        nb = jupytext.read(src)
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        jupytext.write(nb, dst, fmt="ipynb")
+        written.append(dst)
+    return written
+
+
+def reproduce(profile: str, only: list[str] | None = None) -> None:
+    import papermill as pm
+    problems = check_params()
+    if problems:
+        raise SystemExit("\n".join(problems))
+    params = load_profile(profile)
+    build, results = ROOT / "build" / profile, ROOT / "results" / profile
+    results.mkdir(parents=True, exist_ok=True)
+    for nb in convert(build):
+        if only and not any(nb.stem.startswith(o) for o in only):
+            continue
+        final = results / nb.name
+        partial = results / f".{nb.stem}.partial.ipynb"
+        t0 = time.perf_counter()
+        print(f"[{profile}] {nb.stem} ...", flush=True)
+        pm.execute_notebook(str(nb), str(partial), parameters=params.get(nb.stem, {}), kernel_name="python3",
+                            progress_bar=False, cwd=str(ROOT))
+        os.replace(partial, final)
+        print(f"[{profile}] {nb.stem} done in {time.perf_counter() - t0:.0f} s -> {final.relative_to(ROOT)}",
+              flush=True)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("convert")
+    c.add_argument("--out", type=Path, required=True)
+    sub.add_parser("check-params")
+    r = sub.add_parser("reproduce")
+    r.add_argument("--profile", default="cpu")
+    r.add_argument("--only", nargs="*", help="notebook name prefixes, e.g. 02 03")
+    args = p.parse_args(argv)
+    if args.cmd == "convert":
+        for path in convert(args.out):
+            print(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
+    elif args.cmd == "check-params":
+        problems = check_params()
+        print("\n".join(problems) or "params OK")
+        sys.exit(1 if problems else 0)
+    else:
+        reproduce(args.profile, args.only)
+
+
+if __name__ == "__main__":
+    main()
