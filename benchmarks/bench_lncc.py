@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import threading
@@ -26,28 +25,16 @@ import torch
 import torch.nn.functional as F
 
 from ofg_lib import device as resolve_device
-from ofg_lib.losses import grad_l2, lncc
+from ofg_lib import synchronize as sync
+from ofg_lib.losses import grad_l2, lncc, lncc_conv3d
+from ofg_lib.metrics import time_ms
 from ofg_lib.optimizer import refine
 from ofg_lib.transform import warp
 
 
-def paper_ncc(fixed, warped, window=9, eps=1e-5):
-    """The published NCC_vxm: five dense window^3 convolutions (re-written here from its formula)."""
-    filt = torch.ones(1, 1, window, window, window, device=fixed.device, dtype=fixed.dtype)
-    pad = window // 2
-    i, j = fixed, warped
-    i_sum, j_sum, i2_sum, j2_sum, ij_sum = (F.conv3d(x, filt, padding=pad) for x in (i, j, i * i, j * j, i * j))
-    win = float(window ** 3)
-    u_i, u_j = i_sum / win, j_sum / win
-    cross = ij_sum - u_j * i_sum - u_i * j_sum + u_i * u_j * win
-    i_var = i2_sum - 2 * u_i * i_sum + u_i * u_i * win
-    j_var = j2_sum - 2 * u_j * j_sum + u_j * u_j * win
-    return -torch.mean(cross * cross / (i_var * j_var + eps))
-
-
 def peers():
     """name -> (similarity(fixed, warped), warp(moving, disp)); peers that are not installed are skipped."""
-    out = {"ofg_lib": (lambda f, w: lncc(f, w, validate=False), warp), "paper conv3d": (paper_ncc, warp)}
+    out = {"ofg_lib": (lambda f, w: lncc(f, w, validate=False), warp), "paper conv3d": (lncc_conv3d, warp)}
     try:
         import neurite.nn.modules as nem
         ncc = nem.NCC(window_size=9, eps=1e-5)
@@ -91,22 +78,8 @@ def make_inputs(size, dev, dtype, seed=0):
     return [t.to(dev, dtype) for t in (moving, fixed, disp)]
 
 
-def sync(dev):
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-
-
 def timeit(fn, dev, repeats, warmup=1):
-    for _ in range(warmup):
-        fn()
-    sync(dev)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync(dev)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+    return time_ms(fn, dev, repeats, warmup)
 
 
 class RssSampler(threading.Thread):

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 __version__ = "0.1.0"
-__all__ = ["device", "seed_all", "__version__"]
+__all__ = ["device", "seed_all", "synchronize", "__version__"]
 
 
 def device(name: str = "auto") -> torch.device:
@@ -30,6 +30,13 @@ def device(name: str = "auto") -> torch.device:
             raise RuntimeError(f"device {name!r} was asked for but torch sees no CUDA device")
         return dev
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def synchronize(dev) -> None:
+    """Wait for queued GPU work on `dev` (a no-op on CPU): call before reading a clock."""
+    dev = torch.device(dev)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
 
 
 def seed_all(seed: int, deterministic: bool = False) -> None:

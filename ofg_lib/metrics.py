@@ -1,11 +1,14 @@
 """Evaluation metrics: Dice, Jacobian determinant, folding, SDlogJ, end-point error (notebooks 02 and 06)."""
 from __future__ import annotations
 
+import statistics
+import time
+
 import torch
 
-from . import _checks
+from . import _checks, synchronize
 
-__all__ = ["dice", "jacobian_det", "fold_fraction", "sdlogj", "epe"]
+__all__ = ["dice", "jacobian_det", "fold_fraction", "sdlogj", "epe", "time_ms"]
 
 
 def dice(seg_a: torch.Tensor, seg_b: torch.Tensor, labels) -> torch.Tensor:
@@ -95,3 +98,19 @@ def epe(disp: torch.Tensor, disp_true: torch.Tensor, mask: torch.Tensor | None =
     if mask is not None:
         err = err[mask.reshape(err.shape).bool()]
     return float(err.mean())
+
+
+def time_ms(fn, device="cpu", repeats: int = 5, warmup: int = 1) -> float:
+    """Median wall time of `fn()` in milliseconds, synchronising the device around each call."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        synchronize(device)
+        t0 = time.perf_counter()
+        fn()
+        synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from conftest import smooth_disp, smooth_volume
-from ofg_lib.losses import FixedLNCC, box_sum, grad_l2, lncc, ofg_loss, unsupervised_loss
+from ofg_lib.losses import FixedLNCC, box_sum, grad_l2, lncc, lncc_conv3d, lncc_map, ofg_loss, unsupervised_loss
 
 
 def np_box(x, window):
@@ -126,3 +126,12 @@ def test_unsupervised_loss_is_lncc_plus_reg():
     f, w = smooth_volume((10, 10, 10)), smooth_volume((10, 10, 10), seed=3)
     d = smooth_disp((10, 10, 10), 1.0)
     torch.testing.assert_close(unsupervised_loss(f, w, d, reg_weight=0.5), lncc(f, w) + 0.5 * grad_l2(d))
+
+
+def test_dense_conv3d_reference_and_map_agree_with_lncc():
+    fixed, moving = smooth_volume((12, 13, 14), seed=0), smooth_volume((12, 13, 14), seed=5)
+    ref = np_lncc(fixed[0, 0].numpy(), moving[0, 0].numpy(), 9)
+    assert abs(float(lncc_conv3d(fixed, moving)) - ref) < 1e-10
+    cc = lncc_map(fixed, moving)
+    assert cc.shape == fixed.shape and float(cc.min()) >= 0 and float(cc.max()) <= 1
+    assert abs(-float(cc.mean()) - ref) < 1e-10

@@ -95,3 +95,11 @@ def test_epe():
     b[:, 0] = 3.0
     b[:, 1] = 4.0
     assert epe(a, b) == pytest.approx(5.0)
+
+
+def test_time_ms_measures_and_checks():
+    from ofg_lib.metrics import time_ms
+    import time
+    assert time_ms(lambda: time.sleep(0.01), repeats=3) >= 9.0
+    with pytest.raises(ValueError, match="repeats"):
+        time_ms(lambda: None, repeats=0)
