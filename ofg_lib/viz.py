@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["mid_slices", "show_slices", "plot_grid", "show_jacobian"]
+__all__ = ["mid_slices", "show_slices", "show_overlay", "plot_grid", "show_jacobian"]
 
 
 def _np(x) -> np.ndarray:
@@ -31,6 +31,16 @@ def show_slices(volumes: dict, axis: int = 0, index=None, cmap="gray", axes=None
         ax.set_title(name)
         ax.axis("off")
     return axes
+
+
+def show_overlay(image, labels, ax, axis: int = 0, index=None, alpha: float = 0.45):
+    """A slice of `image` in grey with `labels` (0 = transparent) on top in a qualitative colour map."""
+    img, lab = mid_slices(image, index)[axis].T, mid_slices(labels, index)[axis].T
+    ax.imshow(img, origin="lower", cmap="gray")
+    ax.imshow(np.ma.masked_where(lab == 0, lab), origin="lower", cmap="tab20", alpha=alpha,
+              interpolation="nearest", vmin=0.5, vmax=20.5)
+    ax.axis("off")
+    return ax
 
 
 def plot_grid(disp2d, ax, step: int = 4, **line):

@@ -1,8 +1,11 @@
-"""Data: the MNI152 template shipped by nilearn, and pairs made from it (notebooks 01, 02 and 04).
+"""Data: the embedded MNI152 cohort and the IXI / OASIS / LPBA40 readers (notebook 01).
 
-The embedded cohort and the IXI / OASIS / LPBA40 readers are the data issue's work; until then
-`template_pair` makes one atlas-to-subject pair with a known displacement.
+Every dataset yields dicts with `moving`, `fixed` (float32, (1, D, H, W)) and, where the data have them,
+`moving_seg`, `fixed_seg` (int64, (1, D, H, W)); `Embedded` adds `disp_true` (3, D, H, W), voxels.
+Each has `labels` (the evaluated label values) and `label_names` (same order).
 """
-from .template import mni_template, random_smooth_disp, template_pair
+from .embedded import Embedded
+from .real import IXI, LPBA40, OASIS
+from .template import LABEL_NAMES, mni_template, random_smooth_disp
 
-__all__ = ["mni_template", "random_smooth_disp", "template_pair"]
+__all__ = ["Embedded", "IXI", "OASIS", "LPBA40", "LABEL_NAMES", "mni_template", "random_smooth_disp"]

@@ -14,7 +14,19 @@ from ..transform import warp
 FILES = {"t1": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
          "gm": "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
          "wm": "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz"}
-TISSUE_NAMES = ("background", "other brain / CSF", "grey matter", "white matter")
+# The embedded atlas's labels: tissue class (from nilearn's grey/white-matter probability maps) split by
+# hemisphere and by an anterior/posterior cut in MNI space, plus the posterior fossa. Geometric splits of
+# tissue maps, NOT FreeSurfer labels or an anatomical parcellation.
+LABEL_NAMES = {
+    1: "left anterior cerebral grey matter", 2: "right anterior cerebral grey matter",
+    3: "left posterior cerebral grey matter", 4: "right posterior cerebral grey matter",
+    5: "left anterior cerebral white matter", 6: "right anterior cerebral white matter",
+    7: "left posterior cerebral white matter", 8: "right posterior cerebral white matter",
+    9: "left CSF and ventricles", 10: "right CSF and ventricles",
+    11: "cerebellum and brainstem grey matter", 12: "cerebellum and brainstem white matter",
+}
+ANTERIOR_Y_MM = -15.0  # coronal cut between "anterior" and "posterior" (MNI y, mm)
+FOSSA = (-20.0, -30.0)  # below z and behind y (MNI mm): cerebellum and brainstem
 
 
 def _nilearn_data() -> Path:
@@ -28,35 +40,67 @@ def _nilearn_data() -> Path:
     return folder
 
 
+def _native_labels(vols: dict, affine: np.ndarray) -> np.ndarray:
+    """The 12 labels of `LABEL_NAMES` at the template's native 1 mm resolution."""
+    gm, wm, t1 = vols["gm"], vols["wm"], vols["t1"]
+    ijk = np.indices(t1.shape).reshape(3, -1)
+    x, y, z = (affine[:3, :3] @ ijk + affine[:3, 3:]).reshape(3, *t1.shape)
+    brain = (gm + wm) > 0.5
+    is_wm = brain & (wm >= gm)
+    csf = (t1 > 0.08) & ~brain
+    left, anterior = x < 0, y >= ANTERIOR_Y_MM
+    fossa = (z < FOSSA[0]) & (y < FOSSA[1])
+    labels = np.zeros(t1.shape, np.int64)
+    for value, (wm_part, ant, lft) in enumerate([(w, a, h) for w in (False, True) for a in (True, False)
+                                                 for h in (True, False)], start=1):
+        labels[brain & ~fossa & (is_wm == wm_part) & (anterior == ant) & (left == lft)] = value
+    labels[csf & ~fossa & left] = 9
+    labels[csf & ~fossa & ~left] = 10
+    labels[brain & fossa & ~is_wm] = 11
+    labels[brain & fossa & is_wm] = 12
+    return labels
+
+
+def _resample(volume: torch.Tensor, size, labels: bool) -> torch.Tensor:
+    """Resize (1, 1, ...) to `size` with voxel centres at half-pixel positions for images and labels alike."""
+    if labels:
+        return F.interpolate(volume.float(), size=size, mode="nearest-exact").long()
+    shrink = any(s < n for s, n in zip(size, volume.shape[2:]))
+    if shrink:  # average over the source voxels each target voxel covers (no aliasing)
+        return F.adaptive_avg_pool3d(volume, size)
+    return F.interpolate(volume, size=size, mode="trilinear", align_corners=False)
+
+
 @lru_cache(maxsize=4)
 def _load(size: tuple) -> tuple:
     import nibabel as nib
     folder = _nilearn_data()
-    vols = {k: np.asarray(nib.load(folder / f).dataobj, dtype=np.float32) / 255.0 for k, f in FILES.items()}
-    # Crop to the head's bounding box, then order the axes (L-R, I-S, A-P) so the longest extent (A-P)
-    # lies along the last axis as in the paper's 160x192x224 volumes; resize keeping the aspect ratio.
+    imgs = {k: nib.load(folder / f) for k, f in FILES.items()}
+    vols = {k: np.asarray(im.dataobj, dtype=np.float32) / 255.0 for k, im in imgs.items()}
+    native = _native_labels(vols, imgs["t1"].affine)
+    # Crop to the brain's bounding box, order the axes (L-R, I-S, P-A) so the longest extent lies along the
+    # last axis as in the paper's 160x192x224 volumes, and resize keeping the aspect ratio (zero padding).
     nz = np.argwhere(vols["t1"] > 0.05)
     lo, hi = nz.min(0), nz.max(0) + 1
-    t = {k: torch.from_numpy(v[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]].transpose(0, 2, 1).copy())[None, None]
-         for k, v in vols.items()}
-    shape = t["t1"].shape[2:]
+    crop = tuple(slice(a, b) for a, b in zip(lo, hi))
+    image = torch.from_numpy(vols["t1"][crop].transpose(0, 2, 1).copy())[None, None]
+    labels = torch.from_numpy(native[crop].transpose(0, 2, 1).copy())[None, None]
+    shape = image.shape[2:]
     scale = min(s / n for s, n in zip(size, shape))
-    inner = [max(2, int(round(n * scale))) for n in shape]
+    inner = tuple(max(2, int(round(n * scale))) for n in shape)
     pads = []
     for s, n in zip(reversed(size), reversed(inner)):
         pads += [(s - n) // 2, s - n - (s - n) // 2]
-    out = {k: F.pad(F.interpolate(v, size=inner, mode="trilinear", align_corners=True), pads) for k, v in t.items()}
-    image = out["t1"].clamp(0, 1)
-    brain = out["gm"] + out["wm"]
-    labels = torch.where(brain > 0.2, torch.where(out["wm"] > out["gm"], 3, 2), torch.where(image > 0.1, 1, 0))
-    return image, labels.long()
+    image = F.pad(_resample(image, inner, False), pads).clamp(0, 1)
+    labels = F.pad(_resample(labels, inner, True), pads)
+    return image, labels
 
 
 def mni_template(size=(80, 96, 112)):
     """The template as (image (1, 1, *size) float32 in [0, 1], tissue labels (1, 1, *size) int64).
 
-    Labels: 0 background, 1 other head / CSF, 2 grey matter, 3 white matter (from nilearn's probability maps;
-    not FreeSurfer labels). Names in `TISSUE_NAMES`.
+    Labels 1..12 are named in `LABEL_NAMES` (tissue maps split by hemisphere and position; not FreeSurfer
+    labels); 0 is background.
     """
     size = tuple(int(s) for s in size)
     if len(size) != 3 or min(size) < 8:
@@ -65,20 +109,17 @@ def mni_template(size=(80, 96, 112)):
     return image.clone(), labels.clone()
 
 
-def random_smooth_disp(size, amplitude: float = 2.0, control: int = 5, seed: int = 0) -> torch.Tensor:
-    """A smooth random displacement (1, 3, *size), voxels: Gaussian control points upsampled trilinearly."""
-    g = torch.Generator().manual_seed(int(seed))
-    coarse = torch.randn(1, 3, control, control, control, generator=g)
-    return F.interpolate(coarse, size=tuple(size), mode="trilinear", align_corners=True) * amplitude
+def random_smooth_disp(size, rms: float = 2.0, spacing: int | None = None, seed: int = 0,
+                       invertible: bool = True) -> torch.Tensor:
+    """A smooth random displacement (1, 3, *size), voxels, RMS magnitude about `rms`.
 
-
-def template_pair(size=(80, 96, 112), amplitude: float = 2.0, seed: int = 0) -> dict:
-    """One atlas-to-subject pair: moving = template, fixed = template warped by a known smooth field.
-
-    Returns a dict with `moving`, `fixed` (1, 1, *size) float32, `moving_seg`, `fixed_seg` (int64) and
-    `disp_true` (1, 3, *size): warp(moving, disp_true) == fixed, so registration error is measurable.
+    `invertible=True` integrates a random velocity field (never folds); `invertible=False` returns the smooth
+    noise itself as the displacement, which folds once it is large compared with its correlation length.
     """
-    image, labels = mni_template(size)
-    disp = random_smooth_disp(size, amplitude, seed=seed)
-    return {"moving": image, "fixed": warp(image, disp), "moving_seg": labels,
-            "fixed_seg": warp(labels, disp, mode="nearest"), "disp_true": disp}
+    from .synthetic import random_deformation, smooth_field, subject_generator
+    size = tuple(size)
+    spacing = spacing or max(4, min(size) // 4)
+    g = subject_generator(seed, 99)
+    if invertible:
+        return random_deformation(size, rms, spacing, g)
+    return smooth_field(size, 3, spacing, g) * rms
