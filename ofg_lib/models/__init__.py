@@ -1,0 +1,68 @@
+"""Registration networks behind one interface, and a registry to add your own (notebook 05).
+
+Every model maps the stacked pair `torch.cat([moving, fixed], 1)`, shape (B, 2, D, H, W), to a displacement
+(B, 3, D, H, W) in voxels, in the convention of `ofg_lib.transform.warp`. Warping is the caller's job, so the
+trainer is the same for every model.
+
+    model = ofg_lib.models.build("voxelmorph-1", img_size=(160, 192, 224))
+    ofg_lib.models.register("my-net", lambda img_size, **kw: MyNet(img_size, **kw))
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch.nn as nn
+
+__all__ = ["build", "names", "register", "count_parameters", "check_size"]
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+_DIVISOR: dict[str, int] = {}
+
+
+def register(name: str, builder: Callable[..., nn.Module], divisor: int = 1, overwrite: bool = False) -> None:
+    """Make `build(name, img_size, **overrides)` call `builder(img_size, **overrides)`.
+
+    `divisor`: every side of the input must be a multiple of it (checked before building).
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"a model name must be a non-empty string, got {name!r}")
+    if name in _REGISTRY and not overwrite:
+        raise ValueError(f"a model named {name!r} is registered already (pass overwrite=True to replace it)")
+    if not callable(builder):
+        raise TypeError(f"builder must be callable, got {type(builder).__name__}")
+    _REGISTRY[name], _DIVISOR[name] = builder, int(divisor)
+
+
+def names() -> list[str]:
+    """The registered model names."""
+    return sorted(_REGISTRY)
+
+
+def check_size(name: str, img_size) -> tuple:
+    """Return `img_size` as a tuple of three ints, or raise saying which sizes the model accepts."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; registered: {', '.join(names())}")
+    size = tuple(int(s) for s in img_size)
+    if len(size) != 3 or min(size) < 1:
+        raise ValueError(f"img_size must be three positive sides (D, H, W), got {img_size!r}")
+    d = _DIVISOR[name]
+    bad = [s for s in size if s % d]
+    if bad:
+        fixed = tuple(max(d, round(s / d) * d) for s in size)
+        raise ValueError(f"{name} needs every side of the input to be a multiple of {d}; {size} is not "
+                         f"(nearest accepted size: {fixed})")
+    return size
+
+
+def build(name: str, img_size, **overrides) -> nn.Module:
+    """Build a registered model for inputs of spatial size `img_size`; `overrides` go to its builder."""
+    size = check_size(name, img_size)
+    return _REGISTRY[name](size, **overrides)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+from . import transmorph, vit_v_net, voxelmorph  # noqa: E402,F401  (they register themselves)

@@ -1,0 +1,116 @@
+import pytest
+import torch
+import torch.nn as nn
+
+from conftest import smooth_disp, smooth_volume
+from ofg_lib import models
+from ofg_lib.losses import unsupervised_loss
+from ofg_lib.transform import warp
+
+PUBLISHED = {"voxelmorph-1": 274_387, "voxelmorph-2": 301_411, "vit-v-net": 31_560_079, "transmorph": 46_771_251}
+TINY_SIZE = {"voxelmorph-1-tiny": (32, 32, 48), "voxelmorph-2-tiny": (32, 32, 48), "vit-v-net-tiny": (64, 64, 64),
+             "transmorph-tiny": (32, 32, 96)}  # last stage 1x1x3 tokens: shifted regions hold several
+
+
+@pytest.mark.parametrize("name, count", PUBLISHED.items())
+def test_published_parameter_counts_at_full_size(name, count):
+    with torch.device("meta"):                      # no memory, no forward pass
+        model = models.build(name, (160, 192, 224))
+    assert models.count_parameters(model) == count
+
+
+def test_transmorph_picks_the_published_windows():
+    with torch.device("meta"):
+        assert models.build("transmorph", (160, 192, 224)).window == (5, 6, 7)
+        assert models.build("transmorph", (160, 192, 160)).window == (5, 6, 5)
+
+
+def pair(size):
+    moving = smooth_volume(size, seed=0, noise=0.02, dtype=torch.float32)
+    fixed = warp(moving, smooth_disp(size, 1.5, dtype=torch.float32))
+    return torch.cat([moving, fixed], 1), moving, fixed
+
+
+@pytest.mark.parametrize("name", TINY_SIZE)
+def test_tiny_models_forward_start_near_zero_and_reach_every_parameter(name):
+    torch.manual_seed(0)
+    size = TINY_SIZE[name]
+    model = models.build(name, size).eval()   # eval: dropout and stochastic depth would silence branches
+    x, moving, fixed = pair(size)
+    disp = model(x)
+    assert disp.shape == (1, 3, *size)
+    assert float(disp.detach().abs().max()) < 0.05                       # flow head drawn from N(0, 1e-5)
+    unsupervised_loss(fixed, warp(moving, disp), disp).backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not missing
+    silent = [n for n, p in model.named_parameters() if float(p.grad.abs().max()) == 0]
+    assert not silent, silent
+
+
+@pytest.mark.parametrize("name", TINY_SIZE)
+def test_tiny_models_train_a_few_steps(name):
+    torch.manual_seed(0)
+    size = TINY_SIZE[name]
+    model = models.build(name, size)
+    x, moving, fixed = pair(size)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(8):
+        opt.zero_grad()
+        disp = model(x)
+        loss = unsupervised_loss(fixed, warp(moving, disp), disp)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < losses[0], losses
+
+
+def test_transmorph_checkpointing_changes_memory_not_results():
+    torch.manual_seed(0)
+    size = TINY_SIZE["transmorph-tiny"]
+    plain = models.build("transmorph-tiny", size).eval()
+    saver = models.build("transmorph-tiny", size, checkpoint=True).eval()
+    saver.load_state_dict(plain.state_dict())
+    x = pair(size)[0]
+    a, b = plain(x), saver(x)
+    torch.testing.assert_close(a, b)
+    a.sum().backward()
+    b.sum().backward()
+    for (n, p), q in zip(plain.named_parameters(), saver.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, msg=n)
+
+
+def test_size_checks_say_what_is_accepted():
+    with pytest.raises(ValueError, match="multiple of 32.*nearest accepted size: \\(160, 192, 224\\)"):
+        models.build("transmorph", (160, 190, 224))
+    with pytest.raises(ValueError, match="multiple of 16"):
+        models.build("voxelmorph-1", (40, 48, 50))
+    with pytest.raises(ValueError, match="three positive sides"):
+        models.build("voxelmorph-1", (32, 32))
+    with pytest.raises(ValueError, match="unknown model 'voxelmorph'.*voxelmorph-1"):
+        models.build("voxelmorph", (32, 32, 32))
+
+
+def test_state_dicts_hold_no_index_buffers():
+    model = models.build("transmorph-tiny", (32, 32, 64))
+    assert not any("relative_position_index" in k for k in model.state_dict())
+
+
+class MyNet(nn.Module):
+    def __init__(self, img_size, width=4):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv3d(2, width, 3, padding=1), nn.ReLU(), nn.Conv3d(width, 3, 3, padding=1))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def test_register_your_own_model():
+    models.register("test-my-net", lambda img_size, **kw: MyNet(img_size, **kw), overwrite=True)
+    assert "test-my-net" in models.names()
+    net = models.build("test-my-net", (8, 8, 8), width=6)
+    assert net(torch.zeros(1, 2, 8, 8, 8)).shape == (1, 3, 8, 8, 8)
+    with pytest.raises(ValueError, match="registered already"):
+        models.register("test-my-net", MyNet)
+    with pytest.raises(TypeError, match="callable"):
+        models.register("test-other", 3)
