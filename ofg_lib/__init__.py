@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 __version__ = "0.1.0"
-__all__ = ["device", "seed_all", "synchronize", "__version__"]
+__all__ = ["device", "seed_all", "synchronize", "rng_state", "set_rng_state", "rank_device",
+           "distributed_backend", "amp_available", "__version__"]
 
 
 def device(name: str = "auto") -> torch.device:
@@ -48,3 +49,36 @@ def seed_all(seed: int, deterministic: bool = False) -> None:
     os.environ.setdefault("PYTHONHASHSEED", str(seed))
     if deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def rng_state() -> dict:
+    """The state of every random generator (Python, NumPy, torch CPU and all CUDA devices), for checkpoints."""
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what `rng_state` returned."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def rank_device(dev: torch.device, local_rank: int) -> torch.device:
+    """Under torchrun: this process's GPU (and make it current); CPU stays CPU."""
+    if dev.type == "cuda":
+        dev = torch.device("cuda", local_rank)
+        torch.cuda.set_device(dev)
+    return dev
+
+
+def distributed_backend(name: str) -> str:
+    """nccl for GPUs, gloo for CPU processes."""
+    return "nccl" if str(name) != "cpu" and torch.cuda.is_available() else "gloo"
+
+
+def amp_available(dev: torch.device) -> bool:
+    """Whether bf16 autocast of the network is used on this device (GPUs only)."""
+    return torch.device(dev).type == "cuda"

@@ -25,3 +25,9 @@ def atomic_save(obj, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+def resolve(path) -> Path:
+    """A path relative to the checkout (so notebooks run from any working directory find the same files)."""
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else REPO / path

@@ -10,7 +10,6 @@ from torch.utils.data import DataLoader
 
 import ofg_lib.data.embedded as embedded_mod
 from ofg_lib.data import IXI, LPBA40, OASIS, Embedded, mni_template
-from ofg_lib.data import labels as L
 from ofg_lib.losses import lncc
 from ofg_lib.metrics import fold_fraction
 from ofg_lib.transform import warp

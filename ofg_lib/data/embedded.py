@@ -57,7 +57,8 @@ class Embedded(Dataset):
         self.spacing = max(4, round(32 * size[0] / FULL_SIZE[0]))
         self.n = n or SPLITS[split]
         base = Path(root) if root is not None else data_dir()
-        self.folder = base / f"embedded-{'x'.join(map(str, size))}-seed{self.seed}"
+        name = f"embedded-{'x'.join(map(str, size))}-seed{self.seed}" + (f"-rms{float(rms):g}" if rms is not None else "")
+        self.folder = base / name
         if cache:
             self._check_manifest()
 

@@ -1,7 +1,6 @@
 """Layers shared by the models."""
 from __future__ import annotations
 
-import torch
 import torch.nn as nn
 
 

@@ -1,0 +1,48 @@
+"""Evaluating trained checkpoints: per-label Dice, folds, SDlogJ, EPE, inference time (notebook 06)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import models
+from .metrics import dice, epe, fold_fraction, sdlogj, time_ms
+from .transform import warp
+
+__all__ = ["load_model", "evaluate"]
+
+
+def load_model(path, device="cpu"):
+    """The model of a training checkpoint, in eval mode, and the run's config."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found (train a run first, notebook 05)")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    cfg = state["config"]
+    model = models.build(cfg["model"], cfg["img_size"] if cfg["dataset"] == "embedded" else state["img_size"])
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), cfg
+
+
+@torch.no_grad()
+def evaluate(model, dataset, n: int | None = None, device="cpu", time_repeats: int = 3) -> dict:
+    """Metrics of `model` on the first `n` pairs of `dataset`; per-label Dice as an array (pairs, labels)."""
+    n = len(dataset) if n is None else min(n, len(dataset))
+    per_label, folds, logj, epes = [], [], [], []
+    for i in range(n):
+        item = {k: v[None].to(device) for k, v in dataset[i].items() if k != "id"}
+        phi = model(torch.cat([item["moving"], item["fixed"]], 1)).float()
+        warped_seg = warp(item["moving_seg"], phi, mode="nearest")
+        per_label.append(dice(warped_seg, item["fixed_seg"], dataset.labels).cpu().numpy())
+        mask = item["fixed_seg"][:, 0] > 0
+        folds.append(fold_fraction(phi, mask))
+        logj.append(sdlogj(phi))
+        if "disp_true" in item:
+            epes.append(epe(phi, item["disp_true"], mask))
+    x = torch.cat([item["moving"], item["fixed"]], 1)
+    ms = time_ms(lambda: model(x), device, repeats=time_repeats)
+    per_label = np.stack(per_label)
+    return {"dice_per_label": per_label, "dice": float(np.nanmean(per_label)), "fold_fraction": float(np.mean(folds)),
+            "sdlogj": float(np.mean(logj)), "epe": float(np.mean(epes)) if epes else None, "inference_ms": ms,
+            "labels": list(dataset.labels), "label_names": list(dataset.label_names)}
