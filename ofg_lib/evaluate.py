@@ -20,7 +20,7 @@ def load_model(path, device="cpu"):
         raise FileNotFoundError(f"{path}: checkpoint not found (train a run first, notebook 05)")
     state = torch.load(path, map_location="cpu", weights_only=False)
     cfg = state["config"]
-    model = models.build(cfg["model"], cfg["img_size"] if cfg["dataset"] == "embedded" else state["img_size"])
+    model = models.build(cfg["model"], state.get("img_size", cfg["img_size"]))  # the real datasets set their size
     model.load_state_dict(state["model"])
     return model.to(device).eval(), cfg
 

@@ -267,6 +267,7 @@ class Trainer:
     # -- checkpoints ------------------------------------------------------------------------------------
     def state(self) -> dict:
         return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(), "epoch": self.epoch,
+                "img_size": list(self.img_size),
                 "step": self.step, "best_dice": self.best_dice, "history": self.history,
                 "config": dataclasses.asdict(self.cfg), "rng": rng_state()}
 

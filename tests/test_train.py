@@ -42,6 +42,19 @@ def test_every_strategy_trains_and_reports(strategy, teacher, tmp_path):
         assert "energy_before" in log[0] and summary["sec_per_step_inner"] > 0
 
 
+def test_checkpoints_evaluate_at_the_size_they_were_trained(tmp_path):
+    from ofg_lib.evaluate import load_model
+    # ViT-V-Net's position embeddings depend on the size it was built for: loading at another size would fail
+    train.run({**TINY, "model": "vit-v-net-tiny", "strategy": "unsupervised", "epochs": 1, "steps_per_epoch": 1,
+               "img_size": [64, 64, 64]}, out=tmp_path)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert state["img_size"] == [64, 64, 64]
+    state["config"]["img_size"] = [96, 96, 96]          # a real dataset's config does not give the size
+    torch.save(state, tmp_path / "edited.pt")
+    model, _ = load_model(tmp_path / "edited.pt")
+    assert model(torch.zeros(1, 2, 64, 64, 64)).shape == (1, 3, 64, 64, 64)
+
+
 def test_ofg_inner_optimizer_lowers_the_energy(tmp_path):
     train.run({**TINY, "strategy": "ofg", "epochs": 1, "steps_per_epoch": 3, "inner_lr_schedule": "constant"},
               out=tmp_path)
