@@ -52,9 +52,8 @@ print(f"{cfg['model']} on {cfg['dataset']}, {min(n_eval, len(val))} validation p
 results = {s: evaluate(net, val, n_eval, dev) for s, (net, _) in nets.items()}
 print(f"{'strategy':>13s} {'Dice':>14s} {'folds %':>9s} {'SDlogJ':>8s} {'EPE (vox)':>10s} {'infer ms':>9s}")
 for s, r in results.items():
-    pair_dice = np.nanmean(r["dice_per_label"], axis=1)
     epe_text = f"{r['epe']:10.3f}" if r["epe"] is not None else f"{'n/a':>10s}"
-    print(f"{s:>13s} {pair_dice.mean():7.4f} ± {pair_dice.std():.4f} {100 * r['fold_fraction']:9.4f} "
+    print(f"{s:>13s} {r['dice']:7.4f} ± {r['dice_std']:.4f} {100 * r['fold_fraction']:9.4f} "
           f"{r['sdlogj']:8.4f} {epe_text} {r['inference_ms']:9.1f}")
 assert all(0 <= r["dice"] <= 1 and np.isfinite(r["sdlogj"]) for r in results.values())
 

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from . import amp_available, distributed_backend, models, rank_device, rng_state, seed_all, set_rng_state, synchronize
 from . import device as resolve_device
 from .losses import grad_l2, lncc, ofg_loss
-from .metrics import dice, epe, fold_fraction
+from .evaluate import evaluate
 from .optimizer import refine_with_history
 from .paths import atomic_save
 from .progress import progress_bar
@@ -344,24 +344,11 @@ class Trainer:
                "sec_per_step_data": self.timer["data"] / count}
         return row
 
-    @torch.no_grad()
     def validate(self) -> dict:
         self.model.eval()
-        n = min(self.cfg.val_pairs, len(self.val_set))
-        dices, folds, epes = [], [], []
-        for i in range(n):
-            item = _stack([self.val_set[i]], self.device)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                phi = self.model(torch.cat([item["moving"], item["fixed"]], 1))
-            phi = phi.float()
-            mask = item["fixed_seg"][:, 0] > 0
-            warped_seg = warp(item["moving_seg"], phi, mode="nearest")
-            dices.append(float(dice(warped_seg, item["fixed_seg"], self.val_set.labels).nanmean()))
-            folds.append(fold_fraction(phi, mask))
-            if "disp_true" in item:
-                epes.append(epe(phi, item["disp_true"], mask))
-        return {"val_dice": float(np.mean(dices)), "val_dice_std": float(np.std(dices)),
-                "fold_fraction": float(np.mean(folds)), "epe": float(np.mean(epes)) if epes else None}
+        r = evaluate(self.model, self.val_set, self.cfg.val_pairs, self.device, time_repeats=0, amp=self.amp)
+        return {"val_dice": r["dice"], "val_dice_std": r["dice_std"], "fold_fraction": r["fold_fraction"],
+                "sdlogj": r["sdlogj"], "epe": r["epe"]}
 
     # -- the loop ---------------------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> dict:
