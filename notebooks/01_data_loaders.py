@@ -49,7 +49,13 @@ ofg_lib.seed_all(seed)
 # | direction | atlas (moving) → subject (fixed) | subject → subject | subject (moving) → atlas S01 (fixed) |
 # | split | 403 / 58 / 115 (OFG sampled 200 / 20) | Learn2Reg 2021: val 438-457 as 19 consecutive pairs | 30 train / 9 val / 1 atlas |
 # | labels scored | 30 VOIs of 46 remapped aseg codes | 1..35 | 54 (181, 182 excluded) |
-# | intensities | [0, 1] as released | as released | min-max to [0, 1] by the loader |
+# | intensities | [0, 1] as released | as released | min-max to [0, 1] by our loader (the published loader does not normalise: `normalize=False`, config `lpba40_normalize: false`) |
+# | training augmentation (published) | atlas and subject flipped together along each axis at random | none | flipped together, as IXI |
+# | training pairs (published) | `subset="ofg"`: 200 of the training files, `random.seed(42)` | `subset="ofg"`: 200 training subjects, `random.seed(42)`; random partner each item, two updates per pair (x→y, then y→x) | all 30 |
+#
+# The config keys that select these in training: `subset`, `augment` (`flip` by default for IXI and LPBA40,
+# as the published `train.py`; `none` elsewhere), `two_way` (default for OASIS), `lpba40_normalize`.
+# `ofg_lib.data.from_config(config, split)` builds a run's dataset from its config in one place.
 #
 # Every loader returns the same item: `moving`, `fixed` (float32, `(1, D, H, W)`), `moving_seg`, `fixed_seg`
 # (int64), and an `id`; each dataset has `labels` (the scored values) and `label_names`.

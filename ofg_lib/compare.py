@@ -7,15 +7,17 @@ equal wall time: the faster strategy keeps training until it has used the slower
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 
+from .paths import atomic_write, load_checkpoint, write_json
 from .train import load_config, run
 
-METRICS = ("val_dice", "fold_fraction", "epe")
+METRICS = ("val_dice", "fold_fraction", "fold_fraction_brain", "epe")
+NAMES = {"val_dice": "Dice", "fold_fraction": "folds (% of all voxels, as Table 1's code)",
+         "fold_fraction_brain": "folds (% of brain voxels, as the paper's text)", "epe": "EPE (voxels)"}
 
 
 def _score(history, upto_epoch, last_k):
@@ -25,8 +27,7 @@ def _score(history, upto_epoch, last_k):
 
 
 def _history(out: Path):
-    import torch
-    return torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)["history"]
+    return load_checkpoint(Path(out) / "checkpoint.pt")["history"]
 
 
 def compare(base: dict, strategies=("unsupervised", "ofg"), seeds=(0, 1, 2), out: str | Path = "results/compare",
@@ -62,9 +63,8 @@ def compare(base: dict, strategies=("unsupervised", "ofg"), seeds=(0, 1, 2), out
                 table["equal_time"][f"{strat}/{seed}"] = {**_score(hist, upto, last_k), "epochs": upto}
     result = {"strategies": list(strategies), "seeds": list(seeds), "last_k": last_k, "per_run": table,
               "paired": {k: paired(table[k], strategies, seeds) for k in table if table[k]}}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "comparison.json").write_text(json.dumps(result, indent=1))
-    (out / "comparison.md").write_text(markdown(result))
+    write_json(out / "comparison.json", result)
+    atomic_write(out / "comparison.md", markdown(result))
     return result
 
 
@@ -73,8 +73,8 @@ def paired(scores: dict, strategies, seeds) -> dict:
     a, b = strategies[0], strategies[-1]
     out = {}
     for m in METRICS:
-        va = [scores[f"{a}/{s}"][m] for s in seeds]
-        vb = [scores[f"{b}/{s}"][m] for s in seeds]
+        va = [scores[f"{a}/{s}"].get(m) for s in seeds]
+        vb = [scores[f"{b}/{s}"].get(m) for s in seeds]
         if any(v is None for v in va + vb):
             continue
         diff = np.array(vb) - np.array(va)
@@ -90,7 +90,7 @@ def markdown(result: dict) -> str:
     for setting, metrics in result["paired"].items():
         lines += [f"**{setting.replace('_', ' ')}**", "", f"| metric | {a} | {b} | difference |", "|---|---|---|---|"]
         for m, v in metrics.items():
-            k, name = (100, "folds (% of brain voxels)") if m == "fold_fraction" else (1, m)
+            k, name = (100 if m.startswith("fold") else 1), NAMES.get(m, m)
             lines.append(f"| {name} | {k * v[a][0]:.4f} ± {k * v[a][1]:.4f} | {k * v[b][0]:.4f} ± {k * v[b][1]:.4f} | "
                          f"{k * v['difference'][0]:+.4f} ± {k * v['difference'][1]:.4f} |")
         lines.append("")

@@ -1,4 +1,8 @@
-"""Evaluating trained checkpoints: per-label Dice, folds, SDlogJ, EPE, inference time (notebook 06)."""
+"""Evaluating trained runs: per-label Dice, folds, SDlogJ, EPE, inference time (notebook 06).
+
+`load_run(run_dir)` is the one way a trained run is read (model, config, history); `evaluate(model, dataset)` is
+the one way a model is scored (the trainer's validation calls it too).
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,44 +12,70 @@ import torch
 
 from . import models
 from .metrics import dice, epe, fold_fraction, sdlogj, time_ms
+from .paths import load_checkpoint
 from .transform import warp
 
-__all__ = ["load_model", "evaluate"]
+__all__ = ["load_model", "load_run", "evaluate"]
 
 
 def load_model(path, device="cpu"):
-    """The model of a training checkpoint, in eval mode, and the run's config."""
+    """The model of a checkpoint file, in eval mode, and the run's config (read with weights_only=True)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found (train a run first, notebook 05)")
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = load_checkpoint(path)
     cfg = state["config"]
     model = models.build(cfg["model"], state.get("img_size", cfg["img_size"]))  # the real datasets set their size
     model.load_state_dict(state["model"])
     return model.to(device).eval(), cfg
 
 
+def load_run(run_dir, device="cpu", which: str = "last"):
+    """(model, config, history) of a run folder: `which="last"` reads checkpoint.pt, `"best"` best.pt.
+
+    The config is the run's stored config (a dict of TrainConfig keys); build its data with
+    `ofg_lib.data.from_config(config, split)`. The history is the per-epoch log (a list of dicts).
+    """
+    names = {"last": "checkpoint.pt", "best": "best.pt"}
+    if which not in names:
+        raise ValueError(f"which must be 'last' or 'best', got {which!r}")
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"{run_dir}: no such run folder (train a run first, notebook 05)")
+    path = run_dir / names[which]
+    model, cfg = load_model(path, device)
+    return model, cfg, load_checkpoint(run_dir / "checkpoint.pt")["history"]
+
+
 @torch.no_grad()
-def evaluate(model, dataset, n: int | None = None, device="cpu", time_repeats: int = 3, amp: bool = False) -> dict:
+def evaluate(model, dataset, n: int | None = None, device="cpu", time_repeats: int = 3, amp: bool = False,
+             absent: str = "skip") -> dict:
     """Metrics of `model` on the first `n` pairs of `dataset` (the trainer's validation uses this too).
 
-    `dice`: per pair, the mean over the scored labels (labels absent from both maps skipped), then the mean over
-    pairs (`dice_std` over pairs), as the published evaluation averages; `dice_per_label` is (pairs, labels).
-    Folds are counted in the fixed image's labelled voxels. `time_repeats=0` skips the inference timing;
-    `amp` runs the network under bf16 autocast (GPU).
+    `dice`: per pair, the mean over the scored labels, then the mean over pairs (`dice_std` over pairs), as the
+    published evaluation averages; `absent` is the convention for labels absent from both maps (`metrics.dice`:
+    "skip" leaves them out, "zero" is the published IXI/OASIS code, "one" its LPBA40 code); `dice_per_label` is
+    (pairs, labels). Folds, two counts: `fold_fraction` over all voxels (as the published Table 1 code) and
+    `fold_fraction_brain` over the fixed image's labelled voxels (as the paper's text). A non-finite prediction
+    scores NaN in every metric. `time_repeats=0` skips the inference timing; `amp` runs the network under bf16
+    autocast (GPU).
     """
     n = len(dataset) if n is None else min(n, len(dataset))
     dev = torch.device(device)
-    per_label, folds, logj, epes = [], [], [], []
+    per_label, folds, folds_brain, logj, epes = [], [], [], [], []
     for i in range(n):
         item = {k: v[None].to(dev) for k, v in dataset[i].items() if k != "id"}
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
             phi = model(torch.cat([item["moving"], item["fixed"]], 1))
         phi = phi.float()
-        warped_seg = warp(item["moving_seg"], phi, mode="nearest")
-        per_label.append(dice(warped_seg, item["fixed_seg"], dataset.labels).cpu().numpy())
+        if bool(torch.isfinite(phi).all()):
+            warped_seg = warp(item["moving_seg"], phi, mode="nearest")
+            per_label.append(dice(warped_seg, item["fixed_seg"], dataset.labels, absent).cpu().numpy())
+        else:
+            per_label.append(np.full(len(dataset.labels), np.nan))
         mask = item["fixed_seg"][:, 0] > 0
-        folds.append(fold_fraction(phi, mask))
+        folds.append(fold_fraction(phi))
+        folds_brain.append(fold_fraction(phi, mask))
         logj.append(sdlogj(phi))
         if "disp_true" in item:
             epes.append(epe(phi, item["disp_true"], mask))
@@ -54,8 +84,10 @@ def evaluate(model, dataset, n: int | None = None, device="cpu", time_repeats: i
         x = torch.cat([item["moving"], item["fixed"]], 1)
         ms = time_ms(lambda: model(x), dev, repeats=time_repeats)
     per_label = np.stack(per_label)
-    pair_dice = np.nanmean(per_label, axis=1)
+    scored = ~np.all(np.isnan(per_label), axis=1)
+    pair_dice = np.full(len(per_label), np.nan)
+    pair_dice[scored] = np.nanmean(per_label[scored], axis=1)
     return {"dice_per_label": per_label, "dice": float(pair_dice.mean()), "dice_std": float(pair_dice.std()),
-            "fold_fraction": float(np.mean(folds)), "sdlogj": float(np.mean(logj)),
-            "epe": float(np.mean(epes)) if epes else None, "inference_ms": ms,
+            "fold_fraction": float(np.mean(folds)), "fold_fraction_brain": float(np.mean(folds_brain)),
+            "sdlogj": float(np.mean(logj)), "epe": float(np.mean(epes)) if epes else None, "inference_ms": ms,
             "labels": list(dataset.labels), "label_names": list(dataset.label_names)}

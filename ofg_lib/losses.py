@@ -14,8 +14,7 @@ import torch.nn.functional as F
 
 from . import _checks
 
-__all__ = ["box_sum", "lncc", "lncc_map", "lncc_conv3d", "FixedLNCC", "grad_l2", "ofg_loss", "unsupervised_loss",
-           "mse"]
+__all__ = ["box_sum", "lncc", "lncc_map", "lncc_conv3d", "FixedLNCC", "grad_l2", "ofg_loss", "unsupervised_loss"]
 
 
 def box_sum(x: torch.Tensor, window: int) -> torch.Tensor:
@@ -218,11 +217,6 @@ def grad_l2(disp: torch.Tensor) -> torch.Tensor:
     return _GradL2.apply(disp)
 
 
-def mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    _checks.same_shape("a", a, "b", b)
-    return F.mse_loss(a, b)
-
-
 def ofg_loss(phi_pred: torch.Tensor, phi_opt: torch.Tensor, reg_weight: float = 0.02) -> torch.Tensor:
     """Eq. 3: MSE(phi_pred, stopgrad(phi_opt)) + reg_weight * grad_l2(phi_pred) (lambda = 0.02 in the paper)."""
     _checks.same_shape("phi_pred", phi_pred, "phi_opt", phi_opt)
@@ -230,6 +224,11 @@ def ofg_loss(phi_pred: torch.Tensor, phi_opt: torch.Tensor, reg_weight: float = 
 
 
 def unsupervised_loss(fixed: torch.Tensor, warped: torch.Tensor, disp: torch.Tensor,
-                      reg_weight: float = 1.0, window: int = 9) -> torch.Tensor:
-    """The unsupervised baseline: lncc(fixed, warped) + reg_weight * grad_l2(disp) (lambda = 1 as published)."""
-    return lncc(fixed, warped, window, validate=False) + reg_weight * grad_l2(disp)
+                      reg_weight: float = 1.0, window: int = 9, terms: bool = False):
+    """The unsupervised baseline: lncc(fixed, warped) + reg_weight * grad_l2(disp) (lambda = 1 as published).
+
+    With `terms=True`, returns (loss, similarity, regulariser) so a caller can log each term.
+    """
+    sim, reg = lncc(fixed, warped, window, validate=False), grad_l2(disp)
+    loss = sim + reg_weight * reg
+    return (loss, sim, reg) if terms else loss

@@ -11,12 +11,19 @@ from . import _checks, synchronize
 __all__ = ["dice", "jacobian_det", "fold_fraction", "sdlogj", "epe", "time_ms"]
 
 
-def dice(seg_a: torch.Tensor, seg_b: torch.Tensor, labels) -> torch.Tensor:
+ABSENT = ("skip", "zero", "one")
+
+
+def dice(seg_a: torch.Tensor, seg_b: torch.Tensor, labels, absent: str = "skip") -> torch.Tensor:
     """Dice overlap per label, shape (len(labels),), float64.
 
-    A label absent from both maps gives NaN (undefined), not 0 as the TransMorph/OFG evaluation code
-    (`dice_val_VOI`, which adds 1e-5 to the denominator) reports; average with `nanmean` to skip them.
+    A label absent from both maps is undefined. `absent` says what to report for it:
+    "skip" (default): NaN, so that `nanmean` leaves it out of the mean;
+    "zero": 0, as the published IXI and OASIS evaluation (`dice_val_VOI`, 1e-5 added to the denominator);
+    "one": 1, as the published LPBA40 evaluation. Table 1's averaging is reproduced with the published choice.
     """
+    if absent not in ABSENT:
+        raise ValueError(f"absent must be one of {', '.join(ABSENT)}, got {absent!r}")
     if seg_a.shape != seg_b.shape:
         raise ValueError(f"seg_a has shape {tuple(seg_a.shape)} but seg_b has {tuple(seg_b.shape)}")
     if seg_a.is_floating_point() or seg_b.is_floating_point():
@@ -28,7 +35,8 @@ def dice(seg_a: torch.Tensor, seg_b: torch.Tensor, labels) -> torch.Tensor:
     b = seg_b.reshape(1, -1) == labels.view(-1, 1)
     inter = (a & b).sum(1).double()
     total = (a.sum(1) + b.sum(1)).double()
-    return torch.where(total > 0, 2 * inter / total.clamp_min(1), torch.full_like(total, float("nan")))
+    fill = {"skip": float("nan"), "zero": 0.0, "one": 1.0}[absent]
+    return torch.where(total > 0, 2 * inter / total.clamp_min(1), torch.full_like(total, fill))
 
 
 def _spatial_gradient(x: torch.Tensor, axis: int) -> torch.Tensor:
@@ -62,10 +70,13 @@ def jacobian_det(disp: torch.Tensor) -> torch.Tensor:
 
 
 def fold_fraction(disp: torch.Tensor, mask: torch.Tensor | None = None) -> float:
-    """Share (0..1, not per cent) of voxels with det(J) <= 0, within `mask` when given.
+    """Share (0..1, not per cent) of voxels with det(J) <= 0, within `mask` when given; NaN for a non-finite field.
 
-    The paper reports the percentage of non-background voxels: pass the fixed image's foreground as `mask`.
+    Two counts are in use: the published Table 1 code counts all voxels (`mask=None`); the paper's text says
+    non-background voxels (pass the fixed image's labelled voxels as `mask`). The evaluation reports both.
     """
+    if not bool(torch.isfinite(disp).all()):
+        return float("nan")
     det = jacobian_det(disp)
     if mask is None:
         return float((det <= 0).double().mean())
@@ -84,6 +95,8 @@ def sdlogj(disp: torch.Tensor) -> float:
     As the Learn2Reg evaluation computes it: central differences, a 2-voxel border cropped, log of
     clip(det + 3, 1e-9, 1e9) (the +3 is theirs), population standard deviation. Batch entries pooled.
     """
+    if not bool(torch.isfinite(disp).all()):
+        return float("nan")
     det = jacobian_det(disp)
     if min(det.shape[1:]) <= 4:
         raise ValueError(f"sdlogj crops 2 voxels per side: the field is too small, shape {tuple(disp.shape)}")
@@ -92,8 +105,10 @@ def sdlogj(disp: torch.Tensor) -> float:
 
 
 def epe(disp: torch.Tensor, disp_true: torch.Tensor, mask: torch.Tensor | None = None) -> float:
-    """Mean end-point error in voxels between two displacements, within `mask` when given."""
+    """Mean end-point error in voxels between two displacements, within `mask` when given (NaN if non-finite)."""
     _checks.same_shape("disp", disp, "disp_true", disp_true)
+    if not bool(torch.isfinite(disp).all()):
+        return float("nan")
     err = (disp - disp_true).double().norm(dim=1)
     if mask is not None:
         err = err[mask.reshape(err.shape).bool()]

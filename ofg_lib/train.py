@@ -1,95 +1,179 @@
-"""Training: OFG and its baselines behind one Trainer, resumable, on CPU, one GPU or several (notebook 05).
+"""Training: a problem-agnostic Trainer, resumable, on CPU, one GPU or several (notebook 05).
 
-    python -m ofg_lib.train --config params/train_cpu.yaml --set strategy=unsupervised --out results/run1
+    python -m ofg_lib.train --config configs/cpu_smoke.yaml --out results/smoke
+    python -m ofg_lib.train --config configs/cpu_smoke.yaml --set strategy=unsupervised --out results/smoke2
+    python -m ofg_lib.train ... --resume          # continue OUT's run (the config must be the same)
     torchrun --nproc_per_node 2 -m ofg_lib.train --config ... --out ...            # DDP, one process per device
-    summary = ofg_lib.train.run({"model": "voxelmorph-1-tiny", "epochs": 2, "out": "results/run1"})
+    summary = ofg_lib.train.run({"model": "voxelmorph-1-tiny", "epochs": 2}, out="results/run1")
 
-A strategy turns one batch and the network's prediction into a loss; adding one is a function of a few
-lines (see STRATEGIES). Everything else (data order, schedules, validation, checkpoints, logs) is shared.
+The trainer knows loops, schedules, checkpoints and logs; how a step's loss is made lives in
+`ofg_lib.strategies`. Run folders are never silently replaced or mixed: training into a folder that holds a run
+needs `resume` (same config, except the keys in RESUMABLE) or `overwrite`.
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import dataclasses
+import io
 import json
 import math
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from . import amp_available, distributed_backend, models, rank_device, rng_state, seed_all, set_rng_state, synchronize
+from . import data as datasets
 from . import device as resolve_device
-from .losses import grad_l2, lncc, ofg_loss
 from .evaluate import evaluate
-from .optimizer import refine_with_history
-from .paths import atomic_save
+from .metrics import ABSENT
+from .optimizer import OPTIMIZERS, refine_with_history
+from .paths import atomic_save, atomic_write, load_checkpoint, remove_partials, write_json
 from .progress import progress_bar
-from .transform import warp
+from .strategies import STRATEGIES, Step, strategy
 
-__all__ = ["TrainConfig", "Trainer", "run", "STRATEGIES", "strategy", "load_config", "main"]
+__all__ = ["TrainConfig", "Trainer", "run", "STRATEGIES", "strategy", "load_config", "main", "RESUMABLE",
+           "RUN_FILES"]
 
 
 @dataclass
 class TrainConfig:
-    """Every key of a run, with its default. YAML files and notebook parameters use the same names."""
+    """Every key of a run, with its type and default. YAML files and notebook parameters use the same names.
+
+    Values are converted to the declared type when the config is built (`lr: 1e-4` in YAML is a string to
+    PyYAML and becomes the float 1e-4 here; an int key refuses 1.5; a bool key takes true or false only) and
+    their ranges are checked then, not at the first step.
+    """
 
     model: str = "voxelmorph-1"          # a name of ofg_lib.models.names()
     dataset: str = "embedded"            # embedded | ixi | oasis | lpba40
     data_root: str | None = None         # folder of the real dataset (or OFG_IXI / OFG_OASIS / OFG_LPBA40)
-    ixi_subset: str | None = None        # "ofg": the OFG code's 200 / 20 sample of IXI (default: full split)
+    subset: str | None = None            # "ofg": the OFG code's sample (IXI 200 train / 20 val, OASIS 200 train)
     img_size: tuple = (80, 96, 112)      # embedded cohort size; the real datasets set their own
     embedded_rms: float | None = None    # RMS of the cohort's deformations in voxels (default: realistic for the size)
+    data_seed: int = 0                   # the embedded cohort's seed: runs with other seeds train on the same data
+    lpba40_normalize: bool = True        # min-max normalise LPBA40 images (the published loader does not: false)
+    augment: str | None = None           # none | flip (default: flip for ixi and lpba40, as published; else none)
     strategy: str = "ofg"                # ofg | unsupervised | self-training | optimized-self-training | mix
     epochs: int = 10
     steps_per_epoch: int = 50            # training pairs per epoch (the published code: the whole split)
     batch_size: int = 1
     lr: float = 1e-4                     # network Adam lr (the paper: 1e-4), poly(0.9) decay over epochs
     lr_schedule: str = "poly"            # poly | constant
-    reg_weight: float = 0.02             # lambda of Eq. 3 (OFG loss); the unsupervised baseline uses unsup_reg
-    unsup_reg: float = 1.0               # lambda of the unsupervised loss (the published baseline: 1)
-    inner_steps: int = 10                # instance-optimizer steps per training step (the paper: 10)
+    ofg_reg: float = 0.02                # lambda of Eq. 3: smoothness weight of the OFG loss (and of mix, Eq. 7)
+    unsup_reg: float = 1.0               # smoothness weight of the unsupervised loss (the published baseline: 1)
+    inner_steps: int = 10                # instance-optimizer steps per training step (the paper: 10; 0: no refinement)
     inner_lr: float = 0.1                # its Adam lr (the paper: 0.1)
     inner_lr_schedule: str = "poly"      # poly (as published: decays with the network's) | constant
-    inner_reg: float = 1.0               # weight of grad_l2 in the optimizer's energy
+    inner_reg: float = 1.0               # smoothness weight inside the optimizer's energy (the paper: 1)
     inner_optimizer: str = "adam"        # adam | sgd
     alpha: float = 1.0                   # mix (Eq. 7): weight of L_sim
     beta: float = 1.0                    # mix (Eq. 7): weight of L_opt (MSE to phi_opt)
     teacher: str | None = None           # checkpoint of a trained model (self-training strategies)
     teacher_steps: int = 100             # optimized self-training: optimizer steps on the teacher's field
-    two_way: bool | None = None          # also train moving<->fixed swapped (default: True for oasis)
+    two_way: bool | None = None          # a second optimizer step per pair, fixed->moving (default: oasis, as published)
     val_pairs: int = 10                  # validation pairs (at most the split's size)
     val_every: int = 1                   # validate every n epochs (and after the last)
-    seed: int = 0
+    dice_absent: str = "skip"            # Dice of a label absent from both maps: skip | zero (published IXI, OASIS) | one
+    seed: int = 0                        # network initialisation, data order, augmentation, OASIS partners
     device: str = "auto"                 # auto | cpu | cuda | cuda:N
     amp: bool = False                    # bf16 autocast of the network on CUDA (logged; ignored on CPU)
-    num_workers: int = 0                 # DataLoader workers for validation
+    num_workers: int = 0                 # DataLoader worker processes for the training pairs
     threads: int = 0                     # torch CPU threads (0: torch's default)
     progress: bool = True                # tqdm bars (quiet anyway under CI)
 
     def __post_init__(self):
-        self.img_size = tuple(int(s) for s in self.img_size)
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
-        if self.model not in models.names():
-            raise ValueError(f"model must be one of {', '.join(models.names())}, got {self.model!r}")
-        if self.dataset not in ("embedded", "ixi", "oasis", "lpba40"):
-            raise ValueError(f"dataset must be embedded, ixi, oasis or lpba40, got {self.dataset!r}")
-        for key in ("lr_schedule", "inner_lr_schedule"):
-            if getattr(self, key) not in ("poly", "constant"):
-                raise ValueError(f"{key} must be 'poly' or 'constant', got {getattr(self, key)!r}")
-        for key in ("epochs", "steps_per_epoch", "batch_size", "val_pairs", "val_every"):
-            if int(getattr(self, key)) < 1:
-                raise ValueError(f"{key} must be at least 1, got {getattr(self, key)!r}")
-        if self.strategy in ("self-training", "optimized-self-training") and not self.teacher:
-            raise ValueError(f"strategy {self.strategy!r} needs teacher: the checkpoint of a trained model")
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, _typed(f.name, f.type, getattr(self, f.name)))
+        _validate(self)
+
+    @property
+    def augment_mode(self) -> str:
+        return self.augment or ("flip" if self.dataset in ("ixi", "lpba40") else "none")
+
+
+# Keys that may differ when a run is resumed (everything else must equal the stored config). `epochs` extends
+# or shortens a run; with the poly schedules the remaining epochs then follow the new length.
+RESUMABLE = ("epochs", "val_every", "progress", "threads", "num_workers", "device")
+RENAMED = {"reg_weight": "ofg_reg (the 0.02 of Eq. 3; the optimizer's energy uses inner_reg, the unsupervised "
+                         "loss unsup_reg)",
+           "ixi_subset": "subset (it applies to OASIS too)"}
+RUN_FILES = ("checkpoint.pt", "best.pt", "config.json", "log.csv", "summary.json")
+
+
+def _typed(name: str, kind: str, value):
+    """`value` converted to the field's declared type (a string such as "float | None"), or a clear error."""
+    optional, base = kind.endswith("| None"), kind.split("|")[0].strip()
+    if value is None:
+        if optional:
+            return None
+        raise ValueError(f"{name} must be a {base}, got null")
+    if base == "bool":
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be true or false, got {value!r}")
+        return value
+    if base == "int":
+        if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
+            return int(value)
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{name} must be an integer, got {value!r}")
+        return value
+    if base == "float":
+        if isinstance(value, bool):
+            raise ValueError(f"{name} must be a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if base == "str":
+        if not isinstance(value, str):
+            raise ValueError(f"{name} must be a string, got {value!r}")
+        return value
+    if base == "tuple":
+        if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+            raise ValueError(f"{name} must be a list such as [80, 96, 112], got {value!r}")
+        return tuple(_typed(f"{name} entry", "int", v) for v in value)
+    raise TypeError(f"{name}: no conversion for type {kind}")
+
+
+def _validate(cfg: TrainConfig) -> None:
+    def need(ok, key, what):
+        if not ok:
+            raise ValueError(f"{key} must be {what}, got {getattr(cfg, key)!r}")
+
+    need(cfg.strategy in STRATEGIES, "strategy", f"one of {', '.join(STRATEGIES)}")
+    need(cfg.model in models.names(), "model", f"one of {', '.join(models.names())}")
+    need(cfg.dataset in datasets.DATASETS, "dataset", f"one of {', '.join(datasets.DATASETS)}")
+    for key in ("lr_schedule", "inner_lr_schedule"):
+        need(getattr(cfg, key) in ("poly", "constant"), key, "'poly' or 'constant'")
+    need(cfg.inner_optimizer in OPTIMIZERS, "inner_optimizer", f"one of {', '.join(OPTIMIZERS)}")
+    need(cfg.augment in (None, *datasets.AUGMENTS), "augment", f"one of {', '.join(datasets.AUGMENTS)} (or null)")
+    need(cfg.dice_absent in ABSENT, "dice_absent", f"one of {', '.join(ABSENT)}")
+    need(cfg.subset in (None, "ofg"), "subset", "null or 'ofg'")
+    need(cfg.subset is None or cfg.dataset in ("ixi", "oasis"), "subset", "null for this dataset (only ixi and "
+         "oasis have the OFG code's sample)")
+    need(len(cfg.img_size) == 3 and min(cfg.img_size) >= 1, "img_size", "three positive sides, e.g. [80, 96, 112]")
+    for key in ("epochs", "steps_per_epoch", "batch_size", "val_pairs", "val_every"):
+        need(getattr(cfg, key) >= 1, key, "at least 1")
+    for key in ("inner_steps", "teacher_steps", "threads", "num_workers", "seed", "data_seed"):
+        need(getattr(cfg, key) >= 0, key, "at least 0")
+    need(math.isfinite(cfg.lr) and cfg.lr > 0, "lr", "a finite number > 0")
+    for key in ("inner_lr", "ofg_reg", "unsup_reg", "inner_reg", "alpha", "beta"):
+        need(math.isfinite(getattr(cfg, key)) and getattr(cfg, key) >= 0, key, "a finite number >= 0")
+    need(cfg.embedded_rms is None or (math.isfinite(cfg.embedded_rms) and cfg.embedded_rms >= 0), "embedded_rms",
+         "null or a finite number >= 0")
+    if cfg.strategy in ("self-training", "optimized-self-training") and not cfg.teacher:
+        raise ValueError(f"strategy {cfg.strategy!r} needs teacher: the checkpoint of a trained model")
 
 
 def load_config(config=None, overrides=None) -> TrainConfig:
@@ -113,104 +197,27 @@ def load_config(config=None, overrides=None) -> TrainConfig:
             raise ValueError(f"--set takes key=value, got {item!r}")
         key, value = item.split("=", 1)
         values[key.strip()] = yaml.safe_load(value)
+    renamed = [f"{k} is now {RENAMED[k]}" for k in values if k in RENAMED]
+    if renamed:
+        raise ValueError("renamed config key(s): " + "; ".join(renamed))
     known = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(values) - known - {"out", "resume"})
+    unknown = sorted(set(values) - known - {"out", "resume", "overwrite"})
     if unknown:
         raise ValueError(f"unknown config key(s): {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
     return TrainConfig(**{k: v for k, v in values.items() if k in known})
 
 
-# ---------------------------------------------------------------------------------------------- strategies
-# A strategy: fn(trainer, moving, fixed, phi_pred, ids) -> (loss, {name: float}). Register with @strategy.
-STRATEGIES: dict[str, Callable] = {}
+def config_differences(stored: dict, cfg: TrainConfig, ignore=RESUMABLE) -> list[str]:
+    """`key: stored -> requested` for every key (outside `ignore`) where a stored run's config differs."""
+    want = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    keys = sorted((set(stored) | set(want)) - set(ignore))
+    return [f"{k}: {stored.get(k, '(absent)')!r} -> {want.get(k, '(absent)')!r}" for k in keys
+            if stored.get(k, "(absent)") != want.get(k, "(absent)")]
 
 
-def strategy(name: str):
-    def add(fn):
-        STRATEGIES[name] = fn
-        return fn
-    return add
-
-
-def _similarity(fixed, moving, phi):
-    return lncc(fixed, warp(moving, phi), validate=False)
-
-
-def _pseudo_truth(t, moving, fixed, phi_start, steps, lr):
-    """Refine a detached field with the instance optimizer; returns phi_opt and the energy log."""
-    synchronize(t.device)
-    t0 = time.perf_counter()
-    r = refine_with_history(phi_start.detach().float(), moving.float(), fixed.float(), steps=steps, lr=lr,
-                            reg_weight=t.cfg.inner_reg, optimizer=t.cfg.inner_optimizer, final_energy=True)
-    synchronize(t.device)
-    t.timer["inner"] += time.perf_counter() - t0
-    logs = {"energy_before": r.energies[0] if r.energies else float("nan"), "energy_after": r.final_energy}
-    return r.disp.to(phi_start.dtype), logs
-
-
-@strategy("unsupervised")
-def _unsupervised(t, moving, fixed, phi, ids):
-    sim, reg = _similarity(fixed, moving, phi), grad_l2(phi)
-    return sim + t.cfg.unsup_reg * reg, {"sim": float(sim.detach()), "reg": float(reg.detach())}
-
-
-@strategy("ofg")
-def _ofg(t, moving, fixed, phi, ids):
-    phi_opt, logs = _pseudo_truth(t, moving, fixed, phi, t.cfg.inner_steps, t.inner_lr)
-    loss = ofg_loss(phi, phi_opt, t.cfg.reg_weight)
-    return loss, {**logs, "mse": float(F.mse_loss(phi.detach(), phi_opt)), "reg": float(grad_l2(phi.detach()))}
-
-
-@strategy("mix")
-def _mix(t, moving, fixed, phi, ids):
-    """Eq. 7: alpha * L_sim + lambda * L_reg + beta * L_opt (the loss-composition ablation)."""
-    cfg, loss, logs = t.cfg, 0.0, {}
-    if cfg.alpha:
-        sim = _similarity(fixed, moving, phi)
-        loss, logs["sim"] = loss + cfg.alpha * sim, float(sim.detach())
-    if cfg.beta:
-        phi_opt, e = _pseudo_truth(t, moving, fixed, phi, cfg.inner_steps, t.inner_lr)
-        mse = F.mse_loss(phi, phi_opt)
-        loss, logs = loss + cfg.beta * mse, {**logs, **e, "mse": float(mse.detach())}
-    reg = grad_l2(phi)
-    return loss + cfg.reg_weight * reg, {**logs, "reg": float(reg.detach())}
-
-
-@strategy("self-training")
-def _self_training(t, moving, fixed, phi, ids):
-    with torch.no_grad():
-        target = t.teacher(torch.cat([moving, fixed], 1)).float()
-    return ofg_loss(phi, target, t.cfg.reg_weight), {"mse": float(F.mse_loss(phi.detach(), target))}
-
-
-@strategy("optimized-self-training")
-def _optimized_self_training(t, moving, fixed, phi, ids):
-    targets = []
-    for b, key in enumerate(ids):
-        if key not in t.cache:               # computed once per pair, kept for the whole run
-            with torch.no_grad():
-                start = t.teacher(torch.cat([moving[b:b + 1], fixed[b:b + 1]], 1)).float()
-            t.cache[key] = _pseudo_truth(t, moving[b:b + 1], fixed[b:b + 1], start, t.cfg.teacher_steps,
-                                         t.cfg.inner_lr)[0].cpu()
-        targets.append(t.cache[key].to(phi.device))
-    target = torch.cat(targets)
-    return ofg_loss(phi, target, t.cfg.reg_weight), {"mse": float(F.mse_loss(phi.detach(), target))}
-
-
-# ---------------------------------------------------------------------------------------------- data
-def _datasets(cfg: TrainConfig):
-    from . import data
-    if cfg.dataset == "embedded":
-        kw = {"seed": cfg.seed, "rms": cfg.embedded_rms}
-        return data.Embedded("train", cfg.img_size, **kw), data.Embedded("val", cfg.img_size, **kw)
-    if cfg.dataset == "ixi":
-        return data.IXI(cfg.data_root, "train", cfg.ixi_subset), data.IXI(cfg.data_root, "val", cfg.ixi_subset)
-    cls = {"oasis": data.OASIS, "lpba40": data.LPBA40}[cfg.dataset]
-    return cls(cfg.data_root, "train"), cls(cfg.data_root, "val")
-
-
-def _stack(items, dev):
-    batch = {k: torch.stack([it[k] for it in items]).to(dev) for k in items[0] if k != "id"}
+# ---------------------------------------------------------------------------------------------- helpers
+def _collate(items):
+    batch = {k: torch.stack([it[k] for it in items]) for k in items[0] if k != "id"}
     batch["id"] = [it["id"] for it in items]
     return batch
 
@@ -219,12 +226,33 @@ def _poly(base, epoch, epochs):
     return round(base * (1 - epoch / epochs) ** 0.9, 8)
 
 
+def _finite_parameters(model) -> bool:
+    """Whether every parameter is finite (one device synchronisation)."""
+    return bool(torch.stack([torch.isfinite(p.detach()).all() for p in model.parameters()]).all())
+
+
+def check_scored(dataset, n: int, name: str) -> None:
+    """Fail at start-up when a validation pair has nothing to score (no evaluated label, or no labelled voxel)."""
+    for i in range(min(n, len(dataset))):
+        item = dataset[i]
+        if "fixed_seg" not in item or "moving_seg" not in item:
+            raise ValueError(f"{name} validation pair {item.get('id', i)} has no label maps: nothing to score")
+        found = set(torch.unique(item["fixed_seg"]).tolist()) | set(torch.unique(item["moving_seg"]).tolist())
+        scored = found & set(dataset.labels)
+        if not scored or not bool((item["fixed_seg"] > 0).any()):
+            shown = sorted(found)[:20]
+            raise ValueError(f"{name} validation pair {item.get('id', i)} holds no evaluated label: labels found "
+                             f"{shown}{' ...' if len(found) > 20 else ''}, labels evaluated "
+                             f"{list(dataset.labels)[:20]}{' ...' if len(dataset.labels) > 20 else ''}")
+
+
 # ---------------------------------------------------------------------------------------------- trainer
 class Trainer:
     """Trains `cfg.model` with `cfg.strategy`; `fit()` runs (or resumes) all epochs and returns the summary."""
 
-    def __init__(self, cfg: TrainConfig, out: str | Path | None = None, callbacks=()):
+    def __init__(self, cfg: TrainConfig, out: str | Path | None = None, callbacks=(), overwrite: bool = False):
         self.cfg, self.out, self.callbacks = cfg, Path(out) if out else None, list(callbacks)
+        self.overwrite = overwrite
         self.rank, self.world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
         self.distributed = self.world > 1
         if self.distributed and not torch.distributed.is_initialized():
@@ -236,7 +264,8 @@ class Trainer:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         seed_all(cfg.seed)
-        self.train_set, self.val_set = _datasets(cfg)
+        self.train_set, self.val_set = datasets.from_config(cfg, "train"), datasets.from_config(cfg, "val")
+        check_scored(self.val_set, cfg.val_pairs, cfg.dataset)
         self.img_size = tuple(self.val_set[0]["fixed"].shape[1:])
         self.model = models.build(cfg.model, self.img_size).to(dev)
         self.net = self.model
@@ -249,42 +278,70 @@ class Trainer:
         self.teacher, self.cache = None, {}
         if cfg.teacher:
             self.teacher = self._load_teacher(cfg.teacher)
-        self.epoch, self.step, self.best_dice, self.history = 0, 0, -1.0, []
+        self.epoch, self.step, self.updates, self.best_dice, self.history = 0, 0, 0, -1.0, []
         self.inner_lr = cfg.inner_lr
         self.timer = {"network": 0.0, "inner": 0.0, "data": 0.0}
+        self._claimed = False
 
     def _load_teacher(self, path):
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: teacher checkpoint not found")
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = load_checkpoint(path, "teacher checkpoint")
+        size = tuple(state.get("img_size") or state["config"]["img_size"])
+        if size != self.img_size:
+            raise ValueError(f"{path}: the teacher was trained at {size}, this run's data are {self.img_size}")
         teacher = models.build(state["config"]["model"], self.img_size).to(self.device).eval()
         teacher.load_state_dict(state["model"])
         for p in teacher.parameters():
             p.requires_grad_(False)
         return teacher
 
-    # -- checkpoints ------------------------------------------------------------------------------------
+    # -- files ------------------------------------------------------------------------------------------
     def state(self) -> dict:
+        """The checkpoint: tensors and plain values only (it loads with weights_only=True)."""
         return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(), "epoch": self.epoch,
-                "img_size": list(self.img_size),
-                "step": self.step, "best_dice": self.best_dice, "history": self.history,
-                "config": dataclasses.asdict(self.cfg), "rng": rng_state()}
+                "img_size": list(self.img_size), "step": self.step, "updates": self.updates,
+                "best_dice": self.best_dice, "history": self.history,
+                "config": json.loads(json.dumps(dataclasses.asdict(self.cfg))), "rng": rng_state()}
+
+    def _claim(self):
+        """Before the first file of this run: with overwrite, delete the old run's files (only RUN_FILES)."""
+        if self._claimed or self.out is None or self.rank != 0:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        remove_partials(self.out)
+        if self.overwrite:
+            for name in RUN_FILES:
+                (self.out / name).unlink(missing_ok=True)
+        write_json(self.out / "config.json", dataclasses.asdict(self.cfg))
+        self._claimed = True
 
     def save(self, name="checkpoint.pt"):
-        if self.out is not None and self.rank == 0:
-            atomic_save(self.state(), self.out / name)
+        if self.out is None or self.rank != 0:
+            return
+        if not _finite_parameters(self.model):
+            raise FloatingPointError(f"refusing to write {self.out / name}: the weights are not finite")
+        self._claim()
+        atomic_save(self.state(), self.out / name)
 
     def load(self, path):
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        if state["config"]["model"] != self.cfg.model or state["config"]["strategy"] != self.cfg.strategy:
-            raise ValueError(f"{path} is a {state['config']['model']} / {state['config']['strategy']} run, "
-                             f"not {self.cfg.model} / {self.cfg.strategy}")
+        state = load_checkpoint(path)
+        diff = config_differences(state["config"], self.cfg)
+        if diff:
+            raise ValueError(f"{path} was trained with another config; resuming would mix two runs. Differences "
+                             f"(stored -> requested): {'; '.join(diff)}. Keys that may change on resume: "
+                             f"{', '.join(RESUMABLE)}. Use another --out, or --overwrite to start again.")
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])
         self.epoch, self.step, self.best_dice = state["epoch"], state["step"], state["best_dice"]
-        self.history = state["history"]
+        self.updates, self.history = state.get("updates", state["step"]), state["history"]
         set_rng_state(state["rng"])
+
+    def _write_log(self):
+        keys = list(dict.fromkeys(k for row in self.history for k in row))
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=keys)
+        w.writeheader()
+        w.writerows(self.history)
+        atomic_write(self.out / "log.csv", buf.getvalue())
 
     # -- one epoch --------------------------------------------------------------------------------------
     def _order(self, epoch):
@@ -295,6 +352,53 @@ class Trainer:
         idx = torch.cat([torch.randperm(n, generator=g) for _ in range(math.ceil(need / n))])[:need].tolist()
         return idx[self.rank::self.world]
 
+    def _loader(self, epoch):
+        order, bs = self._order(epoch), self.cfg.batch_size
+        batches = [order[i * bs:(i + 1) * bs] for i in range(self.cfg.steps_per_epoch)]
+        # its own generator: a DataLoader would otherwise draw its worker seed from the global torch RNG
+        return torch.utils.data.DataLoader(self.train_set, batch_sampler=batches, collate_fn=_collate,
+                                           num_workers=self.cfg.num_workers,
+                                           generator=torch.Generator().manual_seed(self.cfg.seed + epoch))
+
+    def _augment(self, batch, g):
+        if self.cfg.augment_mode == "none":
+            return batch
+        items = [{k: batch[k][b] for k in batch if k != "id"} for b in range(len(batch["id"]))]
+        items = [{**datasets.flip_pair(it, g), "id": key} for it, key in zip(items, batch["id"])]
+        return _collate(items)
+
+    def _refine(self, phi, moving, fixed, steps, lr):
+        """The instance optimizer on a detached copy of `phi`, timed; returns phi_opt and the energy log."""
+        synchronize(self.device)
+        t0 = time.perf_counter()
+        r = refine_with_history(phi.detach().float(), moving.float(), fixed.float(), steps=steps, lr=lr,
+                                reg_weight=self.cfg.inner_reg, optimizer=self.cfg.inner_optimizer,
+                                final_energy=True)
+        synchronize(self.device)
+        self.timer["inner"] += time.perf_counter() - t0
+        logs = {"energy_before": r.energies[0] if r.energies else float("nan"), "energy_after": r.final_energy}
+        return r.disp.to(phi.dtype), logs
+
+    def _update(self, moving, fixed, ids, lr):
+        """One network update on one direction of a batch; returns the loss and the strategy's logs."""
+        self.opt.zero_grad(set_to_none=True)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            phi = self.net(torch.cat([moving, fixed], 1))
+        step = Step(moving, fixed, ids, self.cfg, self.inner_lr, self._refine, self.teacher, self.cache)
+        loss, logs = STRATEGIES[self.cfg.strategy](step, phi.float())
+        total = float(loss.detach())
+        if not math.isfinite(total):
+            raise FloatingPointError(f"training diverged at step {self.step + 1} ({self.cfg.strategy}, lr {lr:g}): "
+                                     f"the loss is {total}; lower lr")
+        loss.backward()
+        self.opt.step()
+        self.updates += 1
+        if not _finite_parameters(self.model):
+            where = f"; the last checkpoint, {self.out / 'checkpoint.pt'}, is untouched" if self.out else ""
+            raise FloatingPointError(f"training diverged at step {self.step + 1} ({self.cfg.strategy}, lr {lr:g}): "
+                                     f"the weights are not finite after the optimizer step{where}; lower lr")
+        return total, logs
+
     def train_epoch(self):
         cfg, epoch = self.cfg, self.epoch
         lr = _poly(cfg.lr, epoch, cfg.epochs) if cfg.lr_schedule == "poly" else cfg.lr
@@ -304,33 +408,28 @@ class Trainer:
         if hasattr(self.train_set, "set_epoch"):
             self.train_set.set_epoch(epoch)
         self.net.train()
-        order, sums, count = self._order(epoch), {}, 0
+        sums, count = {}, 0
+        flips = torch.Generator().manual_seed(cfg.seed * 100003 + epoch + 7919)
         self.timer = {"network": 0.0, "inner": 0.0, "data": 0.0}
+        batches = iter(self._loader(epoch))
         bar = progress_bar(range(cfg.steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs} {cfg.strategy}",
                            disable=not cfg.progress or self.rank != 0, leave=False)
-        for i in bar:
+        for _ in bar:
             t_data = time.perf_counter()
-            batch = _stack([self.train_set[j] for j in order[i * cfg.batch_size:(i + 1) * cfg.batch_size]], self.device)
-            pairs = [(batch["moving"], batch["fixed"], batch["id"])]
-            if self.two_way:
-                pairs.append((batch["fixed"], batch["moving"], [f"{k}:reverse" for k in batch["id"]]))
+            batch = self._augment(next(batches), flips)
+            batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            directions = [(batch["moving"], batch["fixed"], batch["id"])]
+            if self.two_way:          # the published OASIS training: a second full update, fixed -> moving
+                directions.append((batch["fixed"], batch["moving"], [f"{k}:reverse" for k in batch["id"]]))
             synchronize(self.device)
             t0, inner0 = time.perf_counter(), self.timer["inner"]
             self.timer["data"] += t0 - t_data
-            self.opt.zero_grad(set_to_none=True)
             total = 0.0
-            for moving, fixed, ids in pairs:
-                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                    phi = self.net(torch.cat([moving, fixed], 1))
-                loss, logs = STRATEGIES[cfg.strategy](self, moving, fixed, phi.float(), ids)
-                (loss / len(pairs)).backward()
-                total += float(loss.detach()) / len(pairs)
+            for moving, fixed, ids in directions:
+                loss, logs = self._update(moving, fixed, ids, lr)
+                total += loss / len(directions)
                 for k, v in logs.items():
-                    sums[k] = sums.get(k, 0.0) + v / len(pairs)
-            if not math.isfinite(total):
-                raise FloatingPointError(f"training diverged at step {self.step + 1} ({cfg.strategy}, lr {lr:g}): "
-                                         f"the loss is {total}; lower lr")
-            self.opt.step()
+                    sums[k] = sums.get(k, 0.0) + v / len(directions)
             synchronize(self.device)
             self.timer["network"] += time.perf_counter() - t0 - (self.timer["inner"] - inner0)
             sums["loss"] = sums.get("loss", 0.0) + total
@@ -338,45 +437,48 @@ class Trainer:
             self.step += 1
             if cfg.progress:
                 bar.set_postfix(loss=f"{total:.4f}")
-        row = {"epoch": epoch + 1, "step": self.step, "lr": lr, "inner_lr": self.inner_lr,
-               **{k: v / count for k, v in sums.items()},
-               "sec_per_step_network": self.timer["network"] / count, "sec_per_step_inner": self.timer["inner"] / count,
-               "sec_per_step_data": self.timer["data"] / count}
-        return row
+        return {"epoch": epoch + 1, "step": self.step, "updates": self.updates, "lr": lr, "inner_lr": self.inner_lr,
+                **{k: v / count for k, v in sums.items()},
+                "sec_per_step_network": self.timer["network"] / count,
+                "sec_per_step_inner": self.timer["inner"] / count, "sec_per_step_data": self.timer["data"] / count}
 
     def validate(self) -> dict:
         self.model.eval()
-        r = evaluate(self.model, self.val_set, self.cfg.val_pairs, self.device, time_repeats=0, amp=self.amp)
+        r = evaluate(self.model, self.val_set, self.cfg.val_pairs, self.device, time_repeats=0, amp=self.amp,
+                     absent=self.cfg.dice_absent)
         return {"val_dice": r["dice"], "val_dice_std": r["dice_std"], "fold_fraction": r["fold_fraction"],
-                "sdlogj": r["sdlogj"], "epe": r["epe"]}
+                "fold_fraction_brain": r["fold_fraction_brain"], "sdlogj": r["sdlogj"], "epe": r["epe"]}
 
     # -- the loop ---------------------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> dict:
+        """Train all epochs. A folder holding a run needs `resume` (continue it) or `overwrite` (replace it)."""
         cfg = self.cfg
-        if resume and self.out is not None and (self.out / "checkpoint.pt").exists():
+        existing = self.out is not None and (self.out / "checkpoint.pt").exists()
+        if existing and resume:
             self.load(self.out / "checkpoint.pt")
-        if self.out is not None and self.rank == 0:
-            self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.json").write_text(json.dumps(dataclasses.asdict(self.cfg), indent=1))
-        try:
-            while self.epoch < cfg.epochs:
-                row = self.train_epoch()
-                last = self.epoch + 1 == cfg.epochs
-                if self.rank == 0 and ((self.epoch + 1) % cfg.val_every == 0 or last):
-                    row.update(self.validate())
-                    if row["val_dice"] > self.best_dice:
-                        self.best_dice = row["val_dice"]
-                        self.save("best.pt")
-                self.epoch += 1
-                self.history.append(row)
-                if self.rank == 0:
-                    self._write_log()
-                    self.save()
-                for cb in self.callbacks:
-                    cb(self, row)
-        except KeyboardInterrupt:
-            self.save()                        # resumable from the last finished epoch
-            raise
+        elif existing and not self.overwrite:
+            raise FileExistsError(f"{self.out} already holds a run (checkpoint.pt): pass --resume (resume=True) to "
+                                  f"continue it, or --overwrite (overwrite=True) to replace it, or choose another "
+                                  f"--out")
+        if self.rank == 0 and not (existing and self.overwrite):
+            self._claim()        # with overwrite, the old run stays until the new one writes its first checkpoint
+        while self.epoch < cfg.epochs:
+            row = self.train_epoch()
+            last = self.epoch + 1 == cfg.epochs
+            if self.rank == 0 and ((self.epoch + 1) % cfg.val_every == 0 or last):
+                row.update(self.validate())
+                if row["val_dice"] > self.best_dice:
+                    self.best_dice = row["val_dice"]
+                    self.save("best.pt")
+            self.epoch += 1
+            self.history.append(row)
+            if self.rank == 0 and self.out is not None:
+                self.save()
+                self._write_log()
+            for cb in self.callbacks:
+                cb(self, row)
+        # Ctrl-C (KeyboardInterrupt) is not caught: the checkpoint of the last finished epoch is already on disk,
+        # and saving mid-epoch weights under that epoch's number would break bit-identical resumption.
         return self.summary()
 
     def replicas_agree(self) -> bool | None:
@@ -389,44 +491,41 @@ class Trainer:
         torch.distributed.all_gather(every, mine)
         return all(torch.equal(every[0], e) for e in every)
 
-    def _write_log(self):
-        if self.out is None:
-            return
-        keys = list(dict.fromkeys(k for row in self.history for k in row))
-        tmp = self.out / ".log.csv.partial"
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=keys)
-            w.writeheader()
-            w.writerows(self.history)
-        os.replace(tmp, self.out / "log.csv")
-
     def summary(self) -> dict:
         last_val = next((r for r in reversed(self.history) if "val_dice" in r), {})
         rows = self.history or [{}]
         s = {"strategy": self.cfg.strategy, "model": self.cfg.model, "dataset": self.cfg.dataset,
-             "img_size": list(self.img_size), "epochs": self.epoch, "steps": self.step,
-             "val_dice": last_val.get("val_dice"), "val_dice_std": last_val.get("val_dice_std"),
-             "fold_fraction": last_val.get("fold_fraction"), "epe": last_val.get("epe"),
+             "img_size": list(self.img_size), "epochs": self.epoch, "steps": self.step, "updates": self.updates,
+             **{k: last_val.get(k) for k in ("val_dice", "val_dice_std", "fold_fraction", "fold_fraction_brain",
+                                                "sdlogj", "epe")},
              "best_val_dice": self.best_dice if self.best_dice >= 0 else None,
              "sec_per_step_network": float(np.mean([r.get("sec_per_step_network", 0) for r in rows])),
              "sec_per_step_inner": float(np.mean([r.get("sec_per_step_inner", 0) for r in rows])),
              "sec_per_step_data": float(np.mean([r.get("sec_per_step_data", 0) for r in rows])),
-             "seed": self.cfg.seed, "device": str(self.device), "amp": self.amp, "world_size": self.world,
-             "replicas_agree": self.replicas_agree(), "parameters": models.count_parameters(self.model)}
+             "seed": self.cfg.seed, "data_seed": self.cfg.data_seed, "device": str(self.device), "amp": self.amp,
+             "world_size": self.world, "replicas_agree": self.replicas_agree(),
+             "parameters": models.count_parameters(self.model)}
         if self.out is not None and self.rank == 0:
-            tmp = self.out / ".summary.json.partial"
-            tmp.write_text(json.dumps(s, indent=1))
-            os.replace(tmp, self.out / "summary.json")
+            self._claim()
+            write_json(self.out / "summary.json", s)
         return s
 
 
-def run(config, out=None, resume: bool = False, callbacks=()) -> dict:
-    """Train from a config (dict, YAML path or TrainConfig) and return the summary dict."""
+def run(config, out=None, resume: bool = False, callbacks=(), overwrite: bool = False) -> dict:
+    """Train from a config (dict, YAML path or TrainConfig) and return the summary dict.
+
+    A folder that already holds a run is refused unless `resume=True` (continue it: the config must equal the
+    stored one except for RESUMABLE keys) or `overwrite=True` (replace it: the old run's RUN_FILES are deleted
+    when the new run writes its first checkpoint, at the end of its first epoch; nothing else in the folder).
+    """
     if isinstance(config, dict):
         out = out if out is not None else config.get("out")
         resume = resume or bool(config.get("resume", False))
+        overwrite = overwrite or bool(config.get("overwrite", False))
+    if resume and overwrite:
+        raise ValueError("resume and overwrite exclude each other: continue the run or replace it")
     cfg = load_config(config)
-    return Trainer(cfg, out, callbacks).fit(resume=resume)
+    return Trainer(cfg, out, callbacks, overwrite=overwrite).fit(resume=resume)
 
 
 def main(argv=None):
@@ -434,13 +533,20 @@ def main(argv=None):
     p.add_argument("--config", help="flat YAML mapping of TrainConfig keys")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     p.add_argument("--out", required=True, help="run folder: checkpoint.pt, log.csv, summary.json")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--resume", action="store_true", help="continue OUT's run (same config)")
+    what.add_argument("--overwrite", action="store_true",
+                      help="replace OUT's run (its files are deleted when the new run writes its first checkpoint)")
     args = p.parse_args(argv)
     try:
         cfg = load_config(args.config, args.set)
     except (ValueError, FileNotFoundError) as e:
         p.error(str(e))
-    summary = Trainer(cfg, args.out).fit(resume=args.resume)
+    try:
+        summary = Trainer(cfg, args.out, overwrite=args.overwrite).fit(resume=args.resume)
+    except (FileExistsError, ValueError, FileNotFoundError, FloatingPointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
     if int(os.environ.get("RANK", 0)) == 0:
         print(json.dumps(summary, indent=1))
     if torch.distributed.is_initialized():

@@ -19,7 +19,7 @@ def test_paired_differences_are_per_seed():
     assert p["val_dice"]["ofg"] == pytest.approx((0.735, 0.025))
     text = markdown({"strategies": ["unsupervised", "ofg"], "seeds": [0, 1], "last_k": 2,
                      "paired": {"equal_steps": p}})
-    assert "| val_dice | 0.7200 ± 0.0200 | 0.7350 ± 0.0250 | +0.0150 ± 0.0050 |" in text
+    assert "| Dice | 0.7200 ± 0.0200 | 0.7350 ± 0.0250 | +0.0150 ± 0.0050 |" in text
 
 
 def test_score_averages_the_last_validations_up_to_an_epoch():
@@ -37,6 +37,6 @@ def test_evaluate_a_checkpoint(tmp_path, monkeypatch):
     net, cfg = load_model(tmp_path / "c.pt")
     r = evaluate(net, Embedded("val", size, n=2), time_repeats=1)
     assert r["dice_per_label"].shape == (2, 12) and 0 < r["dice"] <= 1
-    assert r["fold_fraction"] == 0.0 and r["epe"] > 0 and r["inference_ms"] > 0 and np.isfinite(r["sdlogj"])
+    assert r["fold_fraction"] == r["fold_fraction_brain"] == 0.0 and r["epe"] > 0 and r["inference_ms"] > 0 and np.isfinite(r["sdlogj"])
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         load_model(tmp_path / "missing.pt")

@@ -47,7 +47,7 @@ def test_checkpoints_evaluate_at_the_size_they_were_trained(tmp_path):
     # ViT-V-Net's position embeddings depend on the size it was built for: loading at another size would fail
     train.run({**TINY, "model": "vit-v-net-tiny", "strategy": "unsupervised", "epochs": 1, "steps_per_epoch": 1,
                "img_size": [64, 64, 64]}, out=tmp_path)
-    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert state["img_size"] == [64, 64, 64]
     state["config"]["img_size"] = [96, 96, 96]          # a real dataset's config does not give the size
     torch.save(state, tmp_path / "edited.pt")
@@ -72,11 +72,11 @@ def test_resumed_run_ends_with_the_same_weights(tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         train.run(cfg, out=tmp_path / "killed", callbacks=[stop_after_first_epoch])
-    assert torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=False)["epoch"] == 1
+    assert torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=True)["epoch"] == 1
     summary = train.run(cfg, out=tmp_path / "killed", resume=True)
     assert summary["steps"] == 6
-    a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=False)["model"]
-    b = torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=False)["model"]
+    a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=True)["model"]
     for k in a:
         assert torch.equal(a[k], b[k]), k
 
@@ -132,7 +132,7 @@ def test_shipped_configs_are_valid():
 
 
 def test_a_diverging_run_stops_with_a_clear_error(tmp_path, monkeypatch):
-    def nan_loss(t, moving, fixed, phi, ids):
+    def nan_loss(step, phi):
         return phi.sum() * float("nan"), {}
 
     monkeypatch.setitem(train.STRATEGIES, "unsupervised", nan_loss)

@@ -12,6 +12,7 @@ a changed generator version, size, seed or deformation size regenerates the cach
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 import time
 from pathlib import Path
@@ -19,7 +20,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from ..paths import atomic_save, data_dir
+from ..paths import atomic_save, atomic_write, data_dir, remove_partials
 from ..transform import warp
 from .synthetic import intensity_change, random_deformation, subject_generator
 from .template import LABEL_NAMES, mni_template
@@ -40,6 +41,7 @@ class Embedded(Dataset):
     moving onto fixed. `n` limits the number of subjects (default: the whole split).
     """
 
+    KEYS = {"moving", "fixed", "moving_seg", "fixed_seg", "disp_true"}
     labels = tuple(LABEL_NAMES)
     label_names = tuple(LABEL_NAMES.values())
 
@@ -76,12 +78,12 @@ class Embedded(Dataset):
             except json.JSONDecodeError:
                 have = None
             if have == json.loads(json.dumps(want)):
+                remove_partials(self.folder)
                 return
-            shutil.rmtree(self.folder)  # made by another generator: regenerate
+            shutil.rmtree(self.folder, ignore_errors=True)  # made by another generator: regenerate
         self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(".manifest.json.partial")
-        tmp.write_text(json.dumps(want, indent=1))
-        tmp.replace(path)
+        remove_partials(self.folder)
+        atomic_write(path, json.dumps(want, indent=1))  # per-process temporary name: safe with parallel writers
 
     def __len__(self) -> int:
         return self.n
@@ -101,9 +103,15 @@ class Embedded(Dataset):
             raise IndexError(f"index {index} out of range for {self.n} {self.split} subjects")
         index %= self.n
         path = self.folder / f"{self.split}_{index:03d}.pt"
+        item = None
         if self.cache and path.exists():
-            item = torch.load(path, weights_only=True)
-        else:
+            try:
+                item = torch.load(path, weights_only=True)
+            except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError):
+                item = None     # truncated or corrupt cache file: regenerated below (generation is deterministic)
+            if not isinstance(item, dict) or set(item) != self.KEYS:
+                item = None
+        if item is None:
             item = self.generate(index)
             if self.cache:
                 atomic_save(item, path)

@@ -25,6 +25,12 @@ def _root(root, env: str, name: str) -> Path:
     return need_dir(root, name)
 
 
+def ofg_sample(items: list, k: int) -> list:
+    """The OFG code's subset: `random.seed(42); random.sample(sorted(items), k)`, sorted again (as published)."""
+    items = sorted(items)
+    return sorted(random.Random(42).sample(items, min(k, len(items))))
+
+
 def _check_split(split, allowed):
     if split not in allowed:
         raise ValueError(f"split must be one of {', '.join(allowed)}, got {split!r}")
@@ -54,8 +60,7 @@ class IXI(Dataset):
         if subset == "ofg":
             if split not in self.OFG_SUBSET:
                 raise ValueError(f"the OFG subset exists for train and val only, not {split!r}")
-            k = min(self.OFG_SUBSET[split], len(files))
-            files = random.Random(42).sample(files, k)
+            files = ofg_sample(files, self.OFG_SUBSET[split])
         elif subset is not None:
             raise ValueError(f"subset must be None or 'ofg', got {subset!r}")
         self.files, self.atlas_path = files, self.root / "atlas.pkl"
@@ -85,7 +90,9 @@ class OASIS(Dataset):
 
     Layout "nifti": folders `OASIS_OAS1_XXXX_MR1/` with `aligned_norm.nii.gz` and `aligned_seg35.nii.gz`.
     Split by subject number as Learn2Reg 2021: val = 438..457 as 19 consecutive pairs (fixed k, moving k+1),
-    test = 458 and up, train = the rest with a random partner per item (`set_epoch` redraws partners).
+    test = 458 and up, train = the rest with a random partner per item (`set_epoch` redraws partners; the draw
+    follows `seed`, so give the run's seed). `subset="ofg"` (train only) takes the OFG code's sample of 200
+    training subjects (random.seed(42) on the sorted list, as for IXI).
     Layout "pkl" (TransMorph's): `Train/*.pkl` of `(image, seg)` and `Val/*.pkl` / `Test/*.pkl` of
     `(x, y, x_seg, y_seg)`, where x is moving and y fixed. `layout="auto"` picks whichever is present.
     """
@@ -93,8 +100,13 @@ class OASIS(Dataset):
     labels = L.OASIS_LABELS
     VAL_IDS, TEST_FROM = range(438, 458), 458
 
-    def __init__(self, root=None, split: str = "train", layout: str = "auto", seed: int = 0):
+    OFG_SUBSET = 200
+
+    def __init__(self, root=None, split: str = "train", layout: str = "auto", seed: int = 0,
+                 subset: str | None = None):
         _check_split(split, ("train", "val", "test"))
+        if subset not in (None, "ofg"):
+            raise ValueError(f"subset must be None or 'ofg', got {subset!r}")
         self.root, self.split, self.seed, self.epoch = _root(root, "OFG_OASIS", "OASIS"), split, seed, 0
         subjects = sorted(self.root.glob("OASIS_OAS1_*_MR1"))
         if layout == "auto":
@@ -109,6 +121,11 @@ class OASIS(Dataset):
         else:
             raise ValueError(f"layout must be 'auto', 'nifti' or 'pkl', got {layout!r}")
         self.layout = layout
+        if subset == "ofg" and split == "train":     # the published code samples the training split only
+            if layout == "nifti":
+                self.subjects = ofg_sample(self.subjects, self.OFG_SUBSET)
+            else:
+                self.files = ofg_sample(self.files, self.OFG_SUBSET)
         self.label_names = self._names()
 
     def _init_nifti(self, subjects):
@@ -186,7 +203,9 @@ class LPBA40(Dataset):
 
     Files are found anywhere under root by name: labels `S??.delineation.structure.label.nii.gz`, images any
     other `S??*.nii.gz` (e.g. `S??.delineation.skullstripped.nii.gz`). Split as the paper: S02-S31 train (30),
-    S32-S40 val (9). The loader min-max normalises each image to [0, 1] (`normalize=False` to keep raw values).
+    S32-S40 val (9). Intensities: this loader min-max normalises each image to [0, 1] by default, so that all
+    datasets share one intensity scale (LNCC's eps and the networks' inputs mean the same thing); the published
+    loader does not normalise: `normalize=False` is the published behaviour (config key `lpba40_normalize`).
     `labels` are the 54 evaluated by the OFG code (181 and 182 excluded).
     """
 

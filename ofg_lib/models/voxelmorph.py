@@ -5,6 +5,11 @@ concatenates the matching encoder output, the last skip being the 2-channel inpu
 at full resolution; a flow convolution initialised near zero. VoxelMorph-1: encoder (8, 32, 32, 32), decoder
 (32, 32, 32, 32), full resolution (32, 8, 8): 274,387 parameters. VoxelMorph-2: encoder (16, 32, 32, 32),
 full resolution (32, 16, 16): 301,411 parameters. Any input whose sides are multiples of 16.
+
+Which VoxelMorph-1: this is the TransMorph repository's VXM-1 (`VxmDense_1`), the model the OFG code trains
+and its Table 1 reports, with 274,387 parameters at 160x192x224. The original VoxelMorph paper's VoxelMorph-1
+(Balakrishnan et al. 2019) has about 259,675: the same encoder, a different decoder. Numbers from either paper's
+VoxelMorph-1 row are therefore not for the same network.
 """
 from __future__ import annotations
 
