@@ -3,7 +3,8 @@
 Each (strategy, seed) run trains the same model on the same data with the same steps. Single validation
 checkpoints jitter, so a run's score is the mean over its last `last_k` validations. Strategies are compared
 by paired per-seed differences (same seed, same data order), at equal steps and, when `equal_time=True`, at
-equal wall time: the faster strategy keeps training until it has used the slower one's time.
+equal wall time: the faster strategy is trained again, for as many epochs as the slower one's time allows
+(seconds per step: the median over every epoch of every seed), in a folder named for that length.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .evaluate import load_run
 from .paths import atomic_write, load_checkpoint, write_json
 from .train import load_config, run
 
@@ -45,15 +47,13 @@ def compare(base: dict, strategies=("unsupervised", "ofg"), seeds=(0, 1, 2), out
     for (strat, seed), r in runs.items():
         table["equal_steps"][f"{strat}/{seed}"] = _score(r["history"], epochs, last_k)
     if equal_time:
-        per_epoch = {s: np.mean([sum(h["sec_per_step_network"] + h["sec_per_step_inner"]
-                                     for h in runs[(s, seed)]["history"]) for seed in seeds]) / epochs
-                     for s in strategies}
-        slow = max(per_epoch, key=per_epoch.get)
+        per_step = {s: step_seconds([runs[(s, seed)]["history"] for seed in seeds]) for s in strategies}
+        slow = max(per_step, key=per_step.get)
         for strat in strategies:
-            extra = math.floor(epochs * per_epoch[slow] / per_epoch[strat])
+            extra = math.floor(epochs * per_step[slow] / per_step[strat])
             for seed in seeds:
                 if extra > epochs:       # keep training the faster strategy to the slower one's time budget
-                    folder = out / f"{strat}-seed{seed}-equal-time"
+                    folder = out / f"{strat}-seed{seed}-equal-time-{extra}ep"
                     # the same config run longer (its schedules stretch over the longer run)
                     run({**base, "strategy": strat, "seed": seed, "epochs": extra}, out=folder, resume=resume,
                         callbacks=callbacks)
@@ -62,10 +62,30 @@ def compare(base: dict, strategies=("unsupervised", "ofg"), seeds=(0, 1, 2), out
                     hist, upto = runs[(strat, seed)]["history"], epochs
                 table["equal_time"][f"{strat}/{seed}"] = {**_score(hist, upto, last_k), "epochs": upto}
     result = {"strategies": list(strategies), "seeds": list(seeds), "last_k": last_k, "per_run": table,
+              "sec_per_step": per_step if equal_time else None,
               "paired": {k: paired(table[k], strategies, seeds) for k in table if table[k]}}
     write_json(out / "comparison.json", result)
     atomic_write(out / "comparison.md", markdown(result))
     return result
+
+
+def step_seconds(histories) -> float:
+    """Training seconds per step (network + inner optimizer) of a strategy: the median over all its epochs.
+
+    The median, not the mean: on a shared machine a few epochs are slowed by other work, and a mean would hand
+    the equal-time comparison a budget that depends on what else ran at the time.
+    """
+    return float(np.median([h["sec_per_step_network"] + h["sec_per_step_inner"] for hist in histories for h in hist]))
+
+
+def load_runs(run_dir, seed: int = 0, strategies=("unsupervised", "ofg"), device="cpu") -> dict:
+    """{strategy: (model, config, history)} of one seed's runs of a comparison made by `compare` in `run_dir`."""
+    folders = {s: Path(run_dir) / "compare" / f"{s}-seed{seed}" for s in strategies}
+    missing = [str(f) for f in folders.values() if not (f / "checkpoint.pt").exists()]
+    if missing:
+        raise FileNotFoundError(f"no trained runs at {', '.join(missing)}: run notebook 05 with the same run_dir "
+                                f"first")
+    return {s: load_run(f, device) for s, f in folders.items()}
 
 
 def paired(scores: dict, strategies, seeds) -> dict:

@@ -25,3 +25,9 @@ def smooth_disp(shape, amplitude, seed=1, dtype=torch.float64):
 def _seed():
     torch.manual_seed(0)
     np.random.seed(0)
+
+
+@pytest.fixture
+def cohort_cache(tmp_path_factory, monkeypatch):
+    """The embedded cohort cached in this session's temporary folder (shared by the tests that train)."""
+    monkeypatch.setenv("OFG_DATA_DIR", str(tmp_path_factory.getbasetemp() / "cohort"))

@@ -40,3 +40,10 @@ def test_evaluate_a_checkpoint(tmp_path, monkeypatch):
     assert r["fold_fraction"] == r["fold_fraction_brain"] == 0.0 and r["epe"] > 0 and r["inference_ms"] > 0 and np.isfinite(r["sdlogj"])
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         load_model(tmp_path / "missing.pt")
+
+
+def test_the_equal_time_budget_is_the_median_step_so_a_slowed_epoch_does_not_move_it():
+    from ofg_lib.compare import step_seconds
+    clean = [{"sec_per_step_network": 0.3, "sec_per_step_inner": 0.1} for _ in range(9)]
+    slowed = clean[:8] + [{"sec_per_step_network": 3.0, "sec_per_step_inner": 1.0}]
+    assert step_seconds([clean, slowed]) == pytest.approx(0.4)

@@ -16,9 +16,7 @@ REQUIRED = {"strategy", "model", "dataset", "steps", "val_dice", "fold_fraction"
             "sec_per_step_inner", "seed", "device"}
 
 
-@pytest.fixture(autouse=True)
-def cohort_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("OFG_DATA_DIR", str(tmp_path_factory.getbasetemp() / "cohort"))
+pytestmark = pytest.mark.usefixtures("cohort_cache")
 
 
 @pytest.fixture(scope="module")

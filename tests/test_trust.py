@@ -22,9 +22,7 @@ TINY = {"model": "voxelmorph-1-tiny", "img_size": [32, 32, 32], "epochs": 1, "st
         "val_pairs": 2, "lr": 1e-3, "inner_steps": 2, "progress": False, "threads": 1}
 
 
-@pytest.fixture(autouse=True)
-def cohort_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("OFG_DATA_DIR", str(tmp_path_factory.getbasetemp() / "cohort"))
+pytestmark = pytest.mark.usefixtures("cohort_cache")
 
 
 @pytest.fixture(scope="module")
