@@ -1,4 +1,4 @@
-# The interface: make setup | test | reproduce | lab | sync | bench | clean
+# The interface: make setup | test | reproduce | html | lab | sync | bench | clean
 # PROFILE=cpu (default, minutes on a laptop) or PROFILE=gpu (full size, one GPU): params/$(PROFILE).yaml
 PYTHON  ?= python3
 VENV    := .venv
@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.installed
 PROFILE ?= cpu
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: setup test reproduce lab sync bench clean distclean
+.PHONY: setup test reproduce html lab sync bench clean distclean
 
 setup: $(STAMP)
 
@@ -24,8 +24,13 @@ test: setup
 	rm -rf build/nbval && $(BIN)/python scripts/notebooks.py convert --out build/nbval >/dev/null
 	CI=1 $(BIN)/python -m pytest -p no:cacheprovider tests build/nbval --nbval-lax
 
+# ONLY="02 05" runs the notebooks whose names start with those prefixes.
 reproduce: setup
-	$(BIN)/python scripts/notebooks.py reproduce --profile $(PROFILE)
+	$(BIN)/python scripts/notebooks.py reproduce --profile $(PROFILE) $(if $(ONLY),--only $(ONLY))
+
+# The executed notebooks of a profile as static HTML with an index: results/$(PROFILE)/html/index.html
+html: setup
+	$(BIN)/python scripts/notebooks.py html --profile $(PROFILE)
 
 lab: setup
 	$(BIN)/jupytext --sync notebooks/[0-9][0-9]_*.py

@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader
 import ofg_lib
 from ofg_lib.data import IXI, LPBA40, OASIS, Embedded
 from ofg_lib.metrics import fold_fraction
-from ofg_lib.viz import show_overlay
+from ofg_lib.viz import interactive, show_overlay
 
 ofg_lib.seed_all(seed)
 
@@ -63,8 +63,10 @@ ofg_lib.seed_all(seed)
 # %% [markdown]
 # ## 2. The embedded cohort
 # The atlas is the template. Each subject is the atlas warped by a random smooth *invertible* deformation (a
-# random stationary velocity field integrated by scaling and squaring, notebook 02), then given a smooth bias
-# field, a random gamma and noise, as a different scan of the same anatomy would. The true displacement is
+# random stationary velocity field $v$ integrated by scaling and squaring, notebook 02:
+# $\phi = \exp(v) \approx (\mathrm{id} + v/2^K)^{\circ 2^K}$, i.e. start from $u_0 = v/2^K$ and compose
+# $u_{k+1} = u_k + u_k \circ (\mathrm{id} + u_k)$ $K$ times), then given a smooth bias field, a random gamma and
+# noise, as a different scan of the same anatomy would. The true displacement is
 # kept: `warp(moving, disp_true)` has the subject's anatomy. Subjects are drawn from (seed, split, index),
 # generated on first use and cached under `data/` with a manifest; a new generator version regenerates them.
 # Split: 200 train, 20 val, 40 test subjects.
@@ -124,6 +126,7 @@ plt.show()
 # %% [markdown]
 # ## 5. A slice slider
 # Move through the fixed image and its labels (in JupyterLab; an executed copy shows the middle slice).
+# `ofg_lib.viz.interactive` draws the figure at the controls' values first, so the executed copy keeps it.
 
 # %%
 item = val[0]
@@ -141,8 +144,8 @@ def show(axis=0, index=size[0] // 2):
     plt.show()
 
 
-widgets.interact(show, axis=widgets.Dropdown(options=[0, 1, 2], value=0),
-                 index=widgets.IntSlider(min=0, max=max(size) - 1, value=size[0] // 2));
+interactive(show, axis=widgets.Dropdown(options=[0, 1, 2], value=0, description="axis"),
+            index=widgets.IntSlider(min=0, max=max(size) - 1, value=size[0] // 2, description="slice"));
 
 # %% [markdown]
 # ## 6. Batches, and the real datasets
@@ -171,3 +174,17 @@ for name, cls, root in (("IXI", IXI, ixi_root), ("OASIS", OASIS, oasis_root), ("
 #   intensity differences, generated in seconds and cached; it needs no download.
 #
 # Next: notebook 02 explains how a displacement warps an image.
+#
+# ### Exercises
+# 1. *Predict, then run.* Set `size = [40, 48, 56]`. What happens to the RMS of the true deformations printed in
+#    section 2, and why? Hint: `Embedded` scales the deformation with the volume (`RMS_AT_FULL_SIZE` in
+#    `ofg_lib/data/embedded.py`), so a displacement in voxels shrinks with the grid.
+# 2. Build `Embedded("val", size, seed=1)` and compare its first subject with seed 0's. Which of `moving`,
+#    `fixed`, `disp_true` change? Hint: the atlas is the moving image of every pair.
+# 3. In section 4, count the folds of `disp_true` for a field made *without* integration: add
+#    `ofg_lib.data.random_smooth_disp` fields of growing amplitude and find where `fold_fraction` leaves 0.
+#    Hint: notebook 02, section on invertibility, does the same with a slider.
+# 4. Compute the Dice of `item["moving_seg"]` against `item["fixed_seg"]` (the identity) and after
+#    `warp(item["moving_seg"], item["disp_true"], "nearest")` with `ofg_lib.metrics.dice(..., val.labels)`.
+#    Predict which labels gain the most before you run it. Hint: thin structures (CSF, ventricles) are the
+#    most sensitive to misalignment.

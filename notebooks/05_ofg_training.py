@@ -8,8 +8,9 @@
 #
 # **Cost.** The defaults (a tiny VoxelMorph at 48x64x64, 18 steps, one seed) take about a minute on a laptop
 # CPU and only check that everything runs. The `cpu` profile (`make reproduce`) trains the published
-# VoxelMorph-1 at 48x64x64 for 240 steps, three seeds, both strategies: about 20 minutes on 2 CPU cores. The
-# `gpu` profile trains at 160x192x224 on one GPU.
+# VoxelMorph-1 at 48x64x64 for 300 steps, three seeds, both strategies, plus the equal-time runs: about 25
+# minutes on 2 CPU cores the first time (26 min measured), seconds once the runs exist. The `gpu` profile
+# trains at 160x192x224 on one GPU.
 # Code: `ofg_lib/strategies.py` (how a step makes its loss), `ofg_lib/train.py` (Trainer), `ofg_lib/compare.py`.
 
 # %% tags=["parameters"]
@@ -43,9 +44,11 @@ import torch
 from IPython.display import Markdown, display
 
 import ofg_lib
-from ofg_lib import models, strategies
+from ofg_lib import models, strategies, train
 from ofg_lib.compare import compare
+from ofg_lib.data import from_config
 from ofg_lib.evaluate import load_run
+from ofg_lib.optimizer import refine
 from ofg_lib.paths import resolve
 
 out = resolve(run_dir) / "compare"
@@ -72,6 +75,22 @@ print("device:", ofg_lib.device(device), "| runs in", out)
 # %%
 print(inspect.getsource(strategies.ofg))
 print(inspect.getsource(strategies.unsupervised))
+
+# %% [markdown]
+# One step of each on one training pair, with the network at its initialisation: `step.refine` here is
+# notebook 04's `refine` itself (in training, the trainer passes a timed copy of it).
+
+# %%
+cfg, dev = train.load_config(base), ofg_lib.device(device)
+ofg_lib.seed_all(seeds[0])
+pair = {k: v[None].to(dev) for k, v in from_config(cfg, "train")[0].items() if k != "id"}
+net = models.build(model, tuple(pair["fixed"].shape[2:])).to(dev)
+phi_pred = net(torch.cat([pair["moving"], pair["fixed"]], 1))
+step = strategies.Step(pair["moving"], pair["fixed"], ["pair 0"], cfg, inner_lr,
+                       lambda phi, m, f, n, lr: (refine(phi, m, f, steps=n, lr=lr, reg_weight=cfg.inner_reg), {}))
+for name in ("ofg", "unsupervised"):
+    loss, logs = strategies.STRATEGIES[name](step, phi_pred)
+    print(f"{name:>13s}: loss {loss.item():.5f}  " + "  ".join(f"{k} {v:.5f}" for k, v in logs.items()))
 
 # %% [markdown]
 # Self-training (a frozen teacher's prediction as the target), optimized self-training (that prediction
@@ -172,3 +191,14 @@ display(Markdown(f"At equal steps OFG is **{side}** unsupervised training by {ab
 #   last validations, at equal steps and at equal wall time.
 #
 # Next: notebook 06 evaluates the trained networks (per-label Dice, folds, SDlogJ, EPE, inference time).
+#
+# ### Exercises
+# 1. *Predict, then run.* Set `inner_steps = 1` and add `"inner_optimizer": "sgd"` to `base` with a large
+#    `inner_lr` (e.g. 2000). Predict the comparison before you run it. Hint: notebook 07, section 2: one SGD step
+#    makes OFG's gradient the unsupervised one scaled by 2 lr / N.
+# 2. Set `inner_lr_schedule = "poly"` (the published schedule) and compare the last epochs' MSE term with the
+#    constant schedule's. Hint: the inner lr reaches 0 at the end of a poly schedule.
+# 3. Change `run_dir` and a training parameter together, then rerun with the old `run_dir` only: read the error
+#    message. Which keys may change when a run is resumed, and why not the others?
+# 4. Add a seed to `seeds` and watch the spread of the paired difference: how many seeds would you need before
+#    trusting a Dice difference of 0.01? Hint: compare the difference's std over seeds with its mean.

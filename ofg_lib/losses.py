@@ -49,9 +49,18 @@ def _fixed_stats(fixed: torch.Tensor, window: int):
 class _LNCC(torch.autograd.Function):
     """-mean(cc) with a hand-written backward; `stats` = `_fixed_stats(fixed)` when precomputed.
 
-    With A = cross / den and B = cc * var_i / den, d(cc)/d(local sums of the warped image J) are
-    S_J: 2 (B S_J / n - A mean_I),  S_JJ: -B,  S_IJ: 2 A; the gradient with respect to J is the box filter
-    of those (a symmetric zero-padded box is its own adjoint), times 1, 2 J and I respectively.
+    Notebook 03, section 5, derives the backward (there f = fixed = I, w = warped = J). Per voxel, with box
+    sums S_x = box(x) over n = window^dims voxels, den = var_I var_J + eps and M = fixed.numel() terms in the mean:
+        d(loss)/d(cc)    = -1 / M
+        d(cc)/d(cross)   = 2 cross / den                   = 2 A
+        d(cc)/d(var_J)   = -cross^2 var_I / den^2          = -B        (B = cc var_I / den)
+        d(cc)/d(S_IJ)    = 2 A                                         (cross = S_IJ - mean_I S_J)
+        d(cc)/d(S_JJ)    = -B                                          (var_J = S_JJ - S_J^2 / n)
+        d(cc)/d(S_J)     = -2 A mean_I + 2 B S_J / n = 2 (B S_J / n - A mean_I)
+    Forward stores half of the last three, coef = (c0, c1, c2) = (B S_J / n - A mean_I, -B / 2, A). The sums
+    are box filters of J, J^2 and I J, and a zero-padded box is symmetric, hence its own adjoint, so
+        d(loss)/dJ = -(2 / M) (box(c0) + 2 J box(c1) + I box(c2)),
+    which is `backward`. The gradient with respect to I is the same with I and J exchanged.
     """
 
     @staticmethod
@@ -64,31 +73,33 @@ class _LNCC(torch.autograd.Function):
         m_j.copy_(warped)
         torch.mul(warped, warped, out=m_jj)
         torch.mul(fixed, warped, out=m_ij)
-        s_j, s_jj, s_ij = box_sum(moments, window).split(c, 1)
-        cross = torch.addcmul(s_ij, mean_i, s_j, value=-1.0)
-        var_j = torch.addcmul(s_jj, s_j, s_j, value=-1.0 / n)
-        den = torch.mul(var_i, var_j).add_(eps)
-        cc = torch.mul(cross, cross).div_(den)
-        loss = -cc.mean()
+        s_j, s_jj, s_ij = box_sum(moments, window).split(c, 1)  # = S_J, S_JJ, S_IJ
+        cross = torch.addcmul(s_ij, mean_i, s_j, value=-1.0)  # = S_IJ - mean_I * S_J = cross
+        var_j = torch.addcmul(s_jj, s_j, s_j, value=-1.0 / n)  # = S_JJ - S_J^2 / n = var_J
+        den = torch.mul(var_i, var_j).add_(eps)  # = var_I * var_J + eps = den
+        cc = torch.mul(cross, cross).div_(den)  # = cross^2 / den = cc
+        loss = -cc.mean()  # = -sum(cc) / M
         need_i, need_j = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         saved = []
         if need_j or need_i:
-            a = cross.div_(den)                      # A, in place of cross (no longer needed)
+            a = cross.div_(den)                      # = cross / den = A, in place of cross (no longer needed)
             if need_j:
                 coef = moments                       # reuse the moments buffer for the three coefficients
-                b = torch.div(cc, den).mul_(var_i)
+                b = torch.div(cc, den).mul_(var_i)   # = cc * var_I / den = B
                 c0, c1, c2 = coef.split(c, 1)
+                # = -A * mean_I + B * S_J / n = d(cc)/d(S_J) / 2
                 torch.mul(a, mean_i, out=c0).neg_().addcmul_(b, s_j, value=1.0 / n)
-                torch.mul(b, -0.5, out=c1)
-                c2.copy_(a)
+                torch.mul(b, -0.5, out=c1)           # = -B / 2 = d(cc)/d(S_JJ) / 2
+                c2.copy_(a)                          # = A = d(cc)/d(S_IJ) / 2
                 saved.append(coef)
             if need_i:                               # symmetric in (fixed, warped)
-                b_i = cc.div_(den).mul_(var_j)
+                b_i = cc.div_(den).mul_(var_j)       # = cc * var_J / den = B_I (in place of cc, no longer needed)
                 coef_i = torch.empty_like(moments)
                 c0, c1, c2 = coef_i.split(c, 1)
+                # = -A * S_J / n + B_I * S_I / n = -A * mean_J + B_I * S_I / n = d(cc)/d(S_I) / 2
                 torch.mul(a, s_j, out=c0).mul_(-1.0 / n).addcmul_(b_i, s_i, value=1.0 / n)
-                torch.mul(b_i, -0.5, out=c1)
-                c2.copy_(a)
+                torch.mul(b_i, -0.5, out=c1)         # = -B_I / 2 = d(cc)/d(S_II) / 2
+                c2.copy_(a)                          # = A = d(cc)/d(S_IJ) / 2
                 saved.append(coef_i)
         ctx.save_for_backward(fixed, warped, *saved)
         ctx.window = window
@@ -100,11 +111,14 @@ class _LNCC(torch.autograd.Function):
         fixed, warped, *coefs = ctx.saved_tensors
         need_i, need_j = ctx.flags
         c = fixed.shape[1]
-        scale = grad_out * (-2.0 / fixed.numel())
+        scale = grad_out * (-2.0 / fixed.numel())  # = d(loss)/d(cc) = -1 / M, times the 2 halved out of coef
         pairs = ([(warped, fixed)] if need_j else []) + ([(fixed, warped)] if need_i else [])
         grads = []
         for coef, (own, other) in zip(coefs, pairs):
-            b0, b1, b2 = box_sum(coef, ctx.window).split(c, 1)
+            # adjoint of S_x = box(x): box itself, since a zero-padded box is symmetric
+            b0, b1, b2 = box_sum(coef, ctx.window).split(c, 1)  # = box(c0), box(c1), box(c2)
+            # = box(c0) * d(S_J)/dJ + box(c1) * d(S_JJ)/dJ + box(c2) * d(S_IJ)/dJ = box(c0) + 2 J box(c1) + I box(c2)
+            # with J = own, I = other (swapped for the gradient of the fixed image); times scale = d(loss)/dJ
             grads.append(torch.addcmul(b0, own, b1, value=2.0).addcmul_(other, b2).mul_(scale))
         grad_j = grads.pop(0) if need_j else None
         grad_i = grads.pop(0) if need_i else None
@@ -129,6 +143,7 @@ def lncc(fixed: torch.Tensor, warped: torch.Tensor, window: int = 9, eps: float 
 
     `fixed`, `warped`: (B, C, D, H, W) or (B, C, H, W), same shape and dtype. `window` is the odd box size
     (9 in the paper). `validate=False` skips the finiteness scan (a device sync on GPU) in hot loops.
+    Gradients flow to both inputs through the hand-written backward of `_LNCC` (derived in notebook 03).
     """
     _check_pair(fixed, warped, window, validate)
     return _LNCC.apply(fixed, warped, window, eps, None)

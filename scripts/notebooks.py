@@ -4,6 +4,8 @@
 - `check-params`: every name in params/*.yaml must be a parameter of its notebook (papermill only warns).
 - `reproduce --profile P`: run every notebook with params/P.yaml through papermill; executed copies go to
   results/P/NN_*.ipynb, written under a temporary name first and renamed when the run succeeded.
+- `html --profile P`: the executed notebooks of results/P/ as static HTML pages in results/P/html/, with an
+  index.html (title, what each notebook teaches, what it costs), ready to publish or hand out.
 Never writes into notebooks/: papermill's injected-parameters cell would sync back into the source.
 """
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import ast
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -83,6 +86,7 @@ def reproduce(profile: str, only: list[str] | None = None) -> None:
     if problems:
         raise SystemExit("\n".join(problems))
     params = load_profile(profile)
+    os.environ["OFG_STATIC"] = "1"  # widgets draw their static figure only (ofg_lib.viz.interactive)
     build, results = ROOT / "build" / profile, ROOT / "results" / profile
     results.mkdir(parents=True, exist_ok=True)
     for nb in convert(build):
@@ -99,6 +103,55 @@ def reproduce(profile: str, only: list[str] | None = None) -> None:
               flush=True)
 
 
+def header(nb) -> dict:
+    """Title, first sentence of "What this teaches" and the "Cost" paragraph of a notebook's first cell."""
+    text = nb.cells[0].source if nb.cells else ""
+    title = next((line.lstrip("# ").strip() for line in text.splitlines() if line.startswith("# ")), "")
+    paragraphs = [" ".join(p.split()) for p in text.split("\n\n")]
+    teaches = next((p for p in paragraphs if p.startswith("**What this teaches.**")), "")
+    sentences = re.split(r"(?<!Eq)(?<!Fig)(?<!Sec)\.\s+(?=[A-Z])", teaches.replace("**What this teaches.**", "").strip())
+    cost = next((p for p in paragraphs if p.startswith("**Cost.**")), "").replace("**Cost.**", "").strip()
+    cost = cost.split(" Code: ")[0]
+    teaches = sentences[0].rstrip(".") + "."
+    return {"title": title, "teaches": teaches, "cost": cost}
+
+
+def html(profile: str) -> Path:
+    """Static HTML pages of results/PROFILE/NN_*.ipynb and an index; returns the index's path."""
+    import html as escape
+    import nbformat
+    from nbconvert import HTMLExporter
+    results = ROOT / "results" / profile
+    executed = sorted(results.glob("[0-9][0-9]_*.ipynb"))
+    if not executed:
+        raise SystemExit(f"no executed notebooks in {results}: run `make reproduce PROFILE={profile}` first")
+    out = results / "html"
+    out.mkdir(parents=True, exist_ok=True)
+    exporter = HTMLExporter(template_name="lab")
+    rows = []
+    for path in executed:
+        nb = nbformat.read(path, as_version=4)
+        body, _ = exporter.from_notebook_node(nb)
+        _write(out / f"{path.stem}.html", body)
+        h = header(nb)
+        rows.append(f'<tr><td><a href="{path.stem}.html">{escape.escape(h["title"] or path.stem)}</a></td>'
+                    f'<td>{escape.escape(h["teaches"])}</td><td>{escape.escape(h["cost"])}</td></tr>')
+    index = ("<!doctype html><html><head><meta charset='utf-8'><title>OFG, notebook first</title><style>"
+             "body{font-family:sans-serif;max-width:70em;margin:2em auto}td{vertical-align:top;padding:.4em;"
+             "border-bottom:1px solid #ddd}</style></head><body><h1>OFG: on-the-fly guidance, notebook first</h1>"
+             f"<p>Executed notebooks of the <code>{escape.escape(profile)}</code> profile "
+             "(<code>make reproduce</code>), in reading order.</p><table><tr><th>notebook</th><th>what it teaches"
+             "</th><th>cost</th></tr>" + "".join(rows) + "</table></body></html>")
+    return _write(out / "index.html", index)
+
+
+def _write(path: Path, text: str) -> Path:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -108,6 +161,8 @@ def main(argv=None):
     r = sub.add_parser("reproduce")
     r.add_argument("--profile", default="cpu")
     r.add_argument("--only", nargs="*", help="notebook name prefixes, e.g. 02 03")
+    h = sub.add_parser("html")
+    h.add_argument("--profile", default="cpu")
     args = p.parse_args(argv)
     if args.cmd == "convert":
         for path in convert(args.out):
@@ -116,6 +171,8 @@ def main(argv=None):
         problems = check_params()
         print("\n".join(problems) or "params OK")
         sys.exit(1 if problems else 0)
+    elif args.cmd == "html":
+        print(html(args.profile).relative_to(ROOT))
     else:
         reproduce(args.profile, args.only)
 

@@ -1,5 +1,4 @@
 """The project's own contracts: pinned dependencies agree, params match notebooks, no hard-coded CUDA."""
-import importlib.util
 import re
 import tomllib
 from pathlib import Path
@@ -9,15 +8,13 @@ import torch
 import yaml
 
 import ofg_lib
+from helpers import load_module
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("nbscript", ROOT / "scripts" / "notebooks.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_module("scripts/notebooks.py", "nbscript")
 
 
 def test_environment_yml_lists_the_pyproject_pins():
@@ -71,3 +68,32 @@ def test_device_helper_and_seed():
     a = torch.rand(3)
     ofg_lib.seed_all(3)
     assert torch.equal(a, torch.rand(3))
+
+
+def test_the_html_course_links_every_executed_notebook_with_its_lesson_and_cost(tmp_path, monkeypatch):
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
+    script = load_script()
+    results = tmp_path / "results" / "ci"
+    results.mkdir(parents=True)
+    for stem, title in (("01_a", "01 · Title A"), ("02_b", "02 · Title B")):
+        head = f"# {title}\n\n**What this teaches.** How {stem} works. More.\n\n**Cost.** A minute on a CPU; less on a GPU."
+        nb = new_notebook(cells=[new_markdown_cell(head), new_code_cell("print(6 * 7)", outputs=[
+            new_output("stream", name="stdout", text="42\n")])])
+        nbformat.write(nb, results / f"{stem}.ipynb")
+    monkeypatch.setattr(script, "ROOT", tmp_path)
+    index = script.html("ci").read_text()
+    for stem in ("01_a", "02_b"):
+        assert f'href="{stem}.html"' in index and f"How {stem} works." in index
+        assert "42" in (results / "html" / f"{stem}.html").read_text()
+    assert "A minute on a CPU; less on a GPU." in index and "Title B" in index
+    with pytest.raises(SystemExit, match="no executed notebooks"):
+        script.html("gpu")
+
+
+def test_every_notebook_header_gives_the_course_index_a_title_a_lesson_and_a_cost():
+    import jupytext
+    script = load_script()
+    for src in script.sources():
+        h = script.header(jupytext.read(src))
+        assert h["title"].startswith(src.stem[:2]) and len(h["teaches"]) > 30 and "CPU" in h["cost"], src.name
