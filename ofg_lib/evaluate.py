@@ -23,7 +23,10 @@ def load_model(path, device="cpu"):
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found (train a run first, notebook 05)")
-    state = load_checkpoint(path)
+    return _model_of(load_checkpoint(path), device)
+
+
+def _model_of(state, device):
     cfg = state["config"]
     model = models.build(cfg["model"], state.get("img_size", cfg["img_size"]))  # the real datasets set their size
     model.load_state_dict(state["model"])
@@ -42,9 +45,9 @@ def load_run(run_dir, device="cpu", which: str = "last"):
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"{run_dir}: no such run folder (train a run first, notebook 05)")
-    path = run_dir / names[which]
-    model, cfg = load_model(path, device)
-    return model, cfg, load_checkpoint(run_dir / "checkpoint.pt")["history"]
+    last = load_checkpoint(run_dir / "checkpoint.pt")          # read once: the history lives only here
+    model, cfg = _model_of(last if which == "last" else load_checkpoint(run_dir / names[which]), device)
+    return model, cfg, last["history"]
 
 
 @torch.no_grad()
