@@ -91,3 +91,16 @@ def distributed_backend(name: str) -> str:
 def amp_available(dev: torch.device) -> bool:
     """Whether bf16 autocast of the network is used on this device (GPUs only)."""
     return torch.device(dev).type == "cuda"
+
+
+def peak_memory_mb(dev, reset: bool = False) -> float:
+    """Peak memory so far in MiB: torch's peak allocation on a CUDA device (since the last reset), else the
+    process's peak resident set (it never goes down: compare configs in separate processes).
+    `reset=True` starts a new CUDA peak (no effect on a CPU) and returns the current value."""
+    dev = torch.device(dev)
+    if dev.type == "cuda":
+        if reset:
+            torch.cuda.reset_peak_memory_stats(dev)
+        return torch.cuda.max_memory_allocated(dev) / 2 ** 20
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024     # kilobytes on Linux

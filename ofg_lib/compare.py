@@ -17,9 +17,10 @@ from .evaluate import load_run
 from .paths import atomic_write, load_checkpoint, write_json
 from .train import load_config, run
 
-METRICS = ("val_dice", "fold_fraction", "fold_fraction_brain", "epe")
+METRICS = ("val_dice", "fold_fraction", "fold_fraction_brain", "epe", "sdlogj")
 NAMES = {"val_dice": "Dice", "fold_fraction": "folds (% of all voxels, as Table 1's code)",
-         "fold_fraction_brain": "folds (% of brain voxels, as the paper's text)", "epe": "EPE (voxels)"}
+         "fold_fraction_brain": "folds (% of brain voxels, as the paper's text)", "epe": "EPE (voxels)",
+         "sdlogj": "SDlogJ"}
 
 
 def _score(history, upto_epoch, last_k):

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from . import models
+from .losses import grad_l2, lncc
 from .metrics import dice, epe, fold_fraction, sdlogj, time_ms
 from .paths import load_checkpoint
 from .transform import warp
@@ -60,12 +61,13 @@ def evaluate(model, dataset, n: int | None = None, device="cpu", time_repeats: i
     "skip" leaves them out, "zero" is the published IXI/OASIS code, "one" its LPBA40 code); `dice_per_label` is
     (pairs, labels). Folds, two counts: `fold_fraction` over all voxels (as the published Table 1 code) and
     `fold_fraction_brain` over the fixed image's labelled voxels (as the paper's text). A non-finite prediction
-    scores NaN in every metric. `time_repeats=0` skips the inference timing; `amp` runs the network under bf16
-    autocast (GPU).
+    scores NaN in every metric. `lncc` and `grad_l2` are the two terms of the unsupervised loss on these pairs (the
+    paper's Table 2 compares models by this "convergence loss"). `time_repeats=0` skips the inference timing;
+    `amp` runs the network under bf16 autocast (GPU).
     """
     n = len(dataset) if n is None else min(n, len(dataset))
     dev = torch.device(device)
-    per_label, folds, folds_brain, logj, epes = [], [], [], [], []
+    per_label, folds, folds_brain, logj, epes, sims, regs = [], [], [], [], [], [], []
     for i in range(n):
         item = {k: v[None].to(dev) for k, v in dataset[i].items() if k != "id"}
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
@@ -74,8 +76,12 @@ def evaluate(model, dataset, n: int | None = None, device="cpu", time_repeats: i
         if bool(torch.isfinite(phi).all()):
             warped_seg = warp(item["moving_seg"], phi, mode="nearest")
             per_label.append(dice(warped_seg, item["fixed_seg"], dataset.labels, absent).cpu().numpy())
+            sims.append(float(lncc(item["fixed"], warp(item["moving"], phi), validate=False)))
+            regs.append(float(grad_l2(phi)))
         else:
             per_label.append(np.full(len(dataset.labels), np.nan))
+            sims.append(float("nan"))
+            regs.append(float("nan"))
         mask = item["fixed_seg"][:, 0] > 0
         folds.append(fold_fraction(phi))
         folds_brain.append(fold_fraction(phi, mask))
@@ -93,4 +99,5 @@ def evaluate(model, dataset, n: int | None = None, device="cpu", time_repeats: i
     return {"dice_per_label": per_label, "dice": float(pair_dice.mean()), "dice_std": float(pair_dice.std()),
             "fold_fraction": float(np.mean(folds)), "fold_fraction_brain": float(np.mean(folds_brain)),
             "sdlogj": float(np.mean(logj)), "epe": float(np.mean(epes)) if epes else None, "inference_ms": ms,
+            "lncc": float(np.mean(sims)), "grad_l2": float(np.mean(regs)),
             "labels": list(dataset.labels), "label_names": list(dataset.label_names)}

@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import amp_available, distributed_backend, models, rank_device, rng_state, seed_all, set_rng_state, synchronize
+from . import (amp_available, distributed_backend, models, peak_memory_mb, rank_device, rng_state, seed_all,
+               set_rng_state, synchronize)
 from . import data as datasets
 from . import device as resolve_device
 from .evaluate import evaluate
@@ -55,8 +56,13 @@ class TrainConfig:
     dataset: str = "embedded"            # embedded | ixi | oasis | lpba40
     data_root: str | None = None         # folder of the real dataset (or OFG_IXI / OFG_OASIS / OFG_LPBA40)
     subset: str | None = None            # "ofg": the OFG code's sample (IXI 200 train / 20 val, OASIS 200 train)
-    img_size: tuple = (80, 96, 112)      # embedded cohort size; the real datasets set their own
+    img_size: tuple = (80, 96, 112)      # embedded cohort size, 3 sides, or 2 for the 2-D track; real datasets set their own
     embedded_rms: float | None = None    # RMS of the cohort's deformations in voxels (default: realistic for the size)
+    embedded_pairs: str = "atlas"        # atlas (atlas -> subject, the IXI setting) | subject (subject -> subject, OASIS)
+    embedded_contrast: float = 0.0       # per-subject tissue contrast strength (0: the atlas's contrast)
+    embedded_rms_jitter: float = 0.0     # each subject's RMS is embedded_rms * U(1 - j, 1 + j)
+    embedded_fine_rms: float = 0.0       # RMS (voxels) of a fine deformation component (a quarter the length scale)
+    embedded_supersample: int = 1        # make subjects on a k-times finer grid: moving and fixed equally sharp
     data_seed: int = 0                   # the embedded cohort's seed: runs with other seeds train on the same data
     lpba40_normalize: bool = True        # min-max normalise LPBA40 images (the published loader does not: false)
     augment: str | None = None           # none | flip (default: flip for ixi and lpba40, as published; else none)
@@ -73,6 +79,13 @@ class TrainConfig:
     inner_lr_schedule: str = "poly"      # poly (as published: decays with the network's) | constant
     inner_reg: float = 1.0               # smoothness weight inside the optimizer's energy (the paper: 1)
     inner_optimizer: str = "adam"        # adam | sgd
+    optimizer_design: str = "instance"   # instance (OFG's) | downsample | network (Sec. 4.6, Tables 3 and 4)
+    inner_downsample: int = 2            # downsample design: the field is optimised at 1/k resolution
+    network_passes: int = 1              # network design: passes of the optimizer network per epoch ("VoxelMorph-n")
+    ofg_every: int = 1                   # epoch-interval guidance (Fig. 6): OFG on every k-th epoch, else unsupervised
+    ofg_prob: float = 1.0                # threshold-based guidance (Fig. 6): a step uses OFG when U(0, 1) < p
+    warmup_strategy: str | None = None   # another strategy for the first warmup_epochs epochs, then `strategy` (Fig. 7)
+    warmup_epochs: int = 0
     alpha: float = 1.0                   # mix (Eq. 7): weight of L_sim
     beta: float = 1.0                    # mix (Eq. 7): weight of L_opt (MSE to phi_opt)
     teacher: str | None = None           # checkpoint of a trained model (self-training strategies)
@@ -100,6 +113,7 @@ class TrainConfig:
 
 # Keys that may differ when a run is resumed (everything else must equal the stored config). `epochs` extends
 # or shortens a run; with the poly schedules the remaining epochs then follow the new length.
+DESIGNS = ("instance", "downsample", "network")
 RESUMABLE = ("epochs", "val_every", "progress", "threads", "num_workers", "device")
 RENAMED = {"reg_weight": "ofg_reg (the 0.02 of Eq. 3; the optimizer's energy uses inner_reg, the unsupervised "
                          "loss unsup_reg)",
@@ -157,12 +171,30 @@ def _validate(cfg: TrainConfig) -> None:
     for key in ("lr_schedule", "inner_lr_schedule"):
         need(getattr(cfg, key) in ("poly", "constant"), key, "'poly' or 'constant'")
     need(cfg.inner_optimizer in OPTIMIZERS, "inner_optimizer", f"one of {', '.join(OPTIMIZERS)}")
+    need(cfg.optimizer_design in DESIGNS, "optimizer_design", f"one of {', '.join(DESIGNS)}")
+    need(cfg.optimizer_design == "instance" or cfg.strategy == "ofg", "strategy",
+         "'ofg' when optimizer_design is not 'instance' (the designs are OFG's pseudo-label makers)")
+    need(1 <= cfg.inner_downsample <= 8, "inner_downsample", "an integer from 1 to 8")
+    need(cfg.network_passes >= 1, "network_passes", "at least 1")
+    need(cfg.ofg_every >= 1, "ofg_every", "at least 1")
+    need(0 <= cfg.ofg_prob <= 1, "ofg_prob", "in [0, 1]")
+    need((cfg.ofg_every == 1 and cfg.ofg_prob == 1) or cfg.strategy == "ofg", "strategy",
+         "'ofg' when ofg_every or ofg_prob schedule the guidance")
+    need(cfg.warmup_strategy in (None, *STRATEGIES), "warmup_strategy", f"null or one of {', '.join(STRATEGIES)}")
+    need(cfg.warmup_epochs >= 0 and (cfg.warmup_epochs == 0 or cfg.warmup_strategy), "warmup_epochs",
+         "0, or at least 1 with a warmup_strategy")
     need(cfg.augment in (None, *datasets.AUGMENTS), "augment", f"one of {', '.join(datasets.AUGMENTS)} (or null)")
     need(cfg.dice_absent in ABSENT, "dice_absent", f"one of {', '.join(ABSENT)}")
     need(cfg.subset in (None, "ofg"), "subset", "null or 'ofg'")
     need(cfg.subset is None or cfg.dataset in ("ixi", "oasis"), "subset", "null for this dataset (only ixi and "
          "oasis have the OFG code's sample)")
-    need(len(cfg.img_size) == 3 and min(cfg.img_size) >= 1, "img_size", "three positive sides, e.g. [80, 96, 112]")
+    need(len(cfg.img_size) in (2, 3) and min(cfg.img_size) >= 1, "img_size",
+         "three positive sides, e.g. [80, 96, 112], or two for the 2-D track, e.g. [160, 192]")
+    need(cfg.embedded_pairs in datasets.PAIRS, "embedded_pairs", f"one of {', '.join(datasets.PAIRS)}")
+    need(0 <= cfg.embedded_rms_jitter < 1, "embedded_rms_jitter", "in [0, 1)")
+    need(1 <= cfg.embedded_supersample <= 4, "embedded_supersample", "an integer from 1 to 4")
+    for key in ("embedded_contrast", "embedded_fine_rms"):
+        need(math.isfinite(getattr(cfg, key)) and getattr(cfg, key) >= 0, key, "a finite number >= 0")
     for key in ("epochs", "steps_per_epoch", "batch_size", "val_pairs", "val_every"):
         need(getattr(cfg, key) >= 1, key, "at least 1")
     for key in ("inner_steps", "teacher_steps", "threads", "num_workers", "seed", "data_seed"):
@@ -172,8 +204,9 @@ def _validate(cfg: TrainConfig) -> None:
         need(math.isfinite(getattr(cfg, key)) and getattr(cfg, key) >= 0, key, "a finite number >= 0")
     need(cfg.embedded_rms is None or (math.isfinite(cfg.embedded_rms) and cfg.embedded_rms >= 0), "embedded_rms",
          "null or a finite number >= 0")
-    if cfg.strategy in ("self-training", "optimized-self-training") and not cfg.teacher:
-        raise ValueError(f"strategy {cfg.strategy!r} needs teacher: the checkpoint of a trained model")
+    for key in ("strategy", "warmup_strategy"):
+        if getattr(cfg, key) in ("self-training", "optimized-self-training") and not cfg.teacher:
+            raise ValueError(f"{key} {getattr(cfg, key)!r} needs teacher: the checkpoint of a trained model")
 
 
 def load_config(config=None, overrides=None) -> TrainConfig:
@@ -208,8 +241,14 @@ def load_config(config=None, overrides=None) -> TrainConfig:
 
 
 def config_differences(stored: dict, cfg: TrainConfig, ignore=RESUMABLE) -> list[str]:
-    """`key: stored -> requested` for every key (outside `ignore`) where a stored run's config differs."""
+    """`key: stored -> requested` for every key (outside `ignore`) where a stored run's config differs.
+
+    A key the stored config lacks was added to TrainConfig after the run; its default reproduces the behaviour
+    the run had, so it counts as stored with its default value.
+    """
     want = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    defaults = json.loads(json.dumps(dataclasses.asdict(TrainConfig())))
+    stored = {**{k: v for k, v in defaults.items() if k not in stored}, **stored}
     keys = sorted((set(stored) | set(want)) - set(ignore))
     return [f"{k}: {stored.get(k, '(absent)')!r} -> {want.get(k, '(absent)')!r}" for k in keys
             if stored.get(k, "(absent)") != want.get(k, "(absent)")]
@@ -281,6 +320,7 @@ class Trainer:
         self.epoch, self.step, self.updates, self.best_dice, self.history = 0, 0, 0, -1.0, []
         self.inner_lr = cfg.inner_lr
         self.timer = {"network": 0.0, "inner": 0.0, "data": 0.0}
+        self.current = cfg.strategy          # the strategy of the step being taken (schedules switch it)
         self._claimed = False
 
     def _load_teacher(self, path):
@@ -368,34 +408,93 @@ class Trainer:
         return _collate(items)
 
     def _refine(self, phi, moving, fixed, steps, lr):
-        """The instance optimizer on a detached copy of `phi`, timed; returns phi_opt and the energy log."""
+        """The instance optimizer on a detached copy of `phi`, timed; returns phi_opt and the energy log.
+
+        The optimizer design applies to OFG steps only (`self.current == "ofg"`): with `optimizer_design: network`
+        the pseudo label is the optimizer network's prediction, with `downsample` the field is optimised at
+        1/`inner_downsample` resolution; other strategies that refine (mix, optimized self-training) always use
+        the instance optimizer.
+        """
         synchronize(self.device)
         t0 = time.perf_counter()
+        design = self.cfg.optimizer_design if self.current == "ofg" else "instance"
+        if design == "network":
+            with torch.no_grad():
+                target = self.pseudo_net(torch.cat([moving, fixed], 1)).float()
+            synchronize(self.device)
+            self.timer["inner"] += time.perf_counter() - t0
+            return target.to(phi.dtype), {}
         r = refine_with_history(phi.detach().float(), moving.float(), fixed.float(), steps=steps, lr=lr,
                                 reg_weight=self.cfg.inner_reg, optimizer=self.cfg.inner_optimizer,
-                                final_energy=True)
+                                final_energy=True, downsample=self.cfg.inner_downsample if design == "downsample" else 1)
         synchronize(self.device)
         self.timer["inner"] += time.perf_counter() - t0
-        logs = {"energy_before": r.energies[0] if r.energies else float("nan"), "energy_after": r.final_energy}
+        logs = {"energy_before": r.energies[0] if r.energies else float("nan"),
+                "energy_after": r.final_energy if r.final_energy is not None else float("nan")}
         return r.disp.to(phi.dtype), logs
 
-    def _update(self, moving, fixed, ids, lr):
+    def train_optimizer_network(self, epoch: int, lr: float):
+        """The network-based optimizer (Sec. 4.6, Table 3): a copy of the main model, trained for
+        `network_passes` passes over this epoch's training pairs with the unsupervised loss; its predictions are
+        the epoch's pseudo labels. The main model is not touched (its weights change only in its own steps)."""
+        import copy
+        synchronize(self.device)
+        t0 = time.perf_counter()
+        helper = copy.deepcopy(self.model).train()
+        opt = torch.optim.Adam(helper.parameters(), lr=lr, amsgrad=True)
+        for p in range(self.cfg.network_passes):
+            for batch in self._loader(epoch):
+                moving, fixed = batch["moving"].to(self.device), batch["fixed"].to(self.device)
+                opt.zero_grad(set_to_none=True)
+                phi = helper(torch.cat([moving, fixed], 1))
+                step = Step(moving, fixed, batch["id"], self.cfg, self.inner_lr, self._refine)
+                STRATEGIES["unsupervised"](step, phi)[0].backward()
+                opt.step()
+        self.pseudo_net = helper.eval()
+        synchronize(self.device)
+        self.timer["inner"] += time.perf_counter() - t0
+
+    def may_guide(self, epoch: int) -> bool:
+        """Whether an epoch can take OFG steps under the schedule (after the warm-up, on an `ofg_every` epoch)."""
+        cfg = self.cfg
+        return cfg.strategy == "ofg" and epoch >= cfg.warmup_epochs and (epoch + 1) % cfg.ofg_every == 0
+
+    def step_strategy(self, epoch: int, coin: torch.Generator) -> str:
+        """The strategy of one training step under the guidance schedule (warm-up, ofg_every, ofg_prob).
+
+        Warm-up: `warmup_strategy` for epochs 0 .. warmup_epochs - 1. Epoch-interval guidance: OFG on epochs
+        k, 2k, ... (1-based), unsupervised on the others. Threshold-based guidance: OFG when a uniform draw from
+        `coin` (seeded by seed and epoch: resumable) falls below `ofg_prob`, as the paper describes it.
+        """
+        cfg = self.cfg
+        if epoch < cfg.warmup_epochs:
+            return cfg.warmup_strategy
+        if cfg.strategy == "ofg":
+            if (epoch + 1) % cfg.ofg_every:
+                return "unsupervised"
+            if cfg.ofg_prob < 1 and not float(torch.rand((), generator=coin)) < cfg.ofg_prob:
+                return "unsupervised"
+        return cfg.strategy
+
+    def _update(self, moving, fixed, ids, lr, name=None):
         """One network update on one direction of a batch; returns the loss and the strategy's logs."""
+        name = name or self.cfg.strategy
+        self.current = name
         self.opt.zero_grad(set_to_none=True)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             phi = self.net(torch.cat([moving, fixed], 1))
         step = Step(moving, fixed, ids, self.cfg, self.inner_lr, self._refine, self.teacher, self.cache)
-        loss, logs = STRATEGIES[self.cfg.strategy](step, phi.float())
+        loss, logs = STRATEGIES[name](step, phi.float())
         total = float(loss.detach())
         if not math.isfinite(total):
-            raise FloatingPointError(f"training diverged at step {self.step + 1} ({self.cfg.strategy}, lr {lr:g}): "
+            raise FloatingPointError(f"training diverged at step {self.step + 1} ({name}, lr {lr:g}): "
                                      f"the loss is {total}; lower lr")
         loss.backward()
         self.opt.step()
         self.updates += 1
         if not _finite_parameters(self.model):
             where = f"; the last checkpoint, {self.out / 'checkpoint.pt'}, is untouched" if self.out else ""
-            raise FloatingPointError(f"training diverged at step {self.step + 1} ({self.cfg.strategy}, lr {lr:g}): "
+            raise FloatingPointError(f"training diverged at step {self.step + 1} ({name}, lr {lr:g}): "
                                      f"the weights are not finite after the optimizer step{where}; lower lr")
         return total, logs
 
@@ -408,9 +507,13 @@ class Trainer:
         if hasattr(self.train_set, "set_epoch"):
             self.train_set.set_epoch(epoch)
         self.net.train()
-        sums, count = {}, 0
+        sums, counts, count, guided = {}, {}, 0, 0
         flips = torch.Generator().manual_seed(cfg.seed * 100003 + epoch + 7919)
+        coin = torch.Generator().manual_seed(cfg.seed * 100003 + epoch + 15485863)
         self.timer = {"network": 0.0, "inner": 0.0, "data": 0.0}
+        peak_memory_mb(self.device, reset=True)        # a new GPU peak per epoch (the CPU's is per process)
+        if cfg.optimizer_design == "network" and self.may_guide(epoch):
+            self.train_optimizer_network(epoch, lr)
         batches = iter(self._loader(epoch))
         bar = progress_bar(range(cfg.steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs} {cfg.strategy}",
                            disable=not cfg.progress or self.rank != 0, leave=False)
@@ -424,12 +527,14 @@ class Trainer:
             synchronize(self.device)
             t0, inner0 = time.perf_counter(), self.timer["inner"]
             self.timer["data"] += t0 - t_data
-            total = 0.0
+            total, name = 0.0, self.step_strategy(epoch, coin)
+            guided += name != "unsupervised"
             for moving, fixed, ids in directions:
-                loss, logs = self._update(moving, fixed, ids, lr)
+                loss, logs = self._update(moving, fixed, ids, lr, name)
                 total += loss / len(directions)
-                for k, v in logs.items():
+                for k, v in logs.items():       # averaged over the steps that log them (schedules mix strategies)
                     sums[k] = sums.get(k, 0.0) + v / len(directions)
+                    counts[k] = counts.get(k, 0) + 1 / len(directions)
             synchronize(self.device)
             self.timer["network"] += time.perf_counter() - t0 - (self.timer["inner"] - inner0)
             sums["loss"] = sums.get("loss", 0.0) + total
@@ -437,17 +542,21 @@ class Trainer:
             self.step += 1
             if cfg.progress:
                 bar.set_postfix(loss=f"{total:.4f}")
+        counts["loss"] = count
         return {"epoch": epoch + 1, "step": self.step, "updates": self.updates, "lr": lr, "inner_lr": self.inner_lr,
-                **{k: v / count for k, v in sums.items()},
+                "guided_share": guided / count, **{k: v / counts[k] for k, v in sums.items()},
                 "sec_per_step_network": self.timer["network"] / count,
-                "sec_per_step_inner": self.timer["inner"] / count, "sec_per_step_data": self.timer["data"] / count}
+                "sec_per_step_inner": self.timer["inner"] / count, "sec_per_step_data": self.timer["data"] / count,
+                "peak_memory_mb": peak_memory_mb(self.device)}
 
     def validate(self) -> dict:
         self.model.eval()
         r = evaluate(self.model, self.val_set, self.cfg.val_pairs, self.device, time_repeats=0, amp=self.amp,
                      absent=self.cfg.dice_absent)
         return {"val_dice": r["dice"], "val_dice_std": r["dice_std"], "fold_fraction": r["fold_fraction"],
-                "fold_fraction_brain": r["fold_fraction_brain"], "sdlogj": r["sdlogj"], "epe": r["epe"]}
+                "fold_fraction_brain": r["fold_fraction_brain"], "sdlogj": r["sdlogj"], "epe": r["epe"],
+                # the unsupervised loss on the validation pairs, whatever the strategy (Table 2's convergence loss)
+                "val_unsup_loss": r["lncc"] + self.cfg.unsup_reg * r["grad_l2"]}
 
     # -- the loop ---------------------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> dict:

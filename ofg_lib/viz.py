@@ -6,7 +6,7 @@ import torch
 
 __all__ = ["mid_slices", "show_slices", "show_overlay", "plot_grid", "show_jacobian", "plot_landscape", "plot_slices_1d",
            "interactive", "dice_boxplot", "pair_panels", "show_folds", "plot_two_starts", "plot_sweeps",
-           "plot_refined"]
+           "plot_refined", "show_cohorts", "plot_curves", "plot_budget", "plot_training", "plot_step_map"]
 
 
 def _np(x) -> np.ndarray:
@@ -14,10 +14,15 @@ def _np(x) -> np.ndarray:
 
 
 def mid_slices(volume, index=None):
-    """Three orthogonal slices (axis 0, 1, 2) through `index` (default: the centre) of a (D, H, W) volume."""
+    """Three orthogonal slices (axis 0, 1, 2) through `index` (default: the centre) of a (D, H, W) volume.
+
+    A 2-D image (H, W) is its own slice along every axis (so every slice plot also draws the 2-D track).
+    """
     v = _np(volume).squeeze()
+    if v.ndim == 2:
+        return v, v, v
     if v.ndim != 3:
-        raise ValueError(f"expected a 3-D volume (D, H, W) after squeezing, got shape {v.shape}")
+        raise ValueError(f"expected a 3-D volume (D, H, W) or a 2-D image after squeezing, got shape {v.shape}")
     index = [s // 2 for s in v.shape] if index is None else index
     return v[index[0]], v[:, index[1]], v[:, :, index[2]]
 
@@ -165,16 +170,18 @@ def pair_panels(fixed, moving, phis: dict, index: int | None = None, axes=None):
     """Fig. 4/9-style rows, one per method: fixed, moving, warped, |warped - fixed|, grid over det J.
 
     `fixed`, `moving` are (1, 1, D, H, W); `phis[method]` a (1, 3, D, H, W) displacement; the slice is `index`
-    along the first axis (default: the middle). Folds (det J <= 0) show in black.
+    along the first axis (default: the middle). 2-D pairs (1, 1, H, W) with (1, 2, H, W) fields are drawn whole.
+    Folds (det J <= 0) show in black.
     """
     import matplotlib.pyplot as plt
 
     from .metrics import jacobian_det
     from .transform import warp
+    flat = fixed.dim() == 4
     k = fixed.shape[2] // 2 if index is None else index
     if axes is None:
         _, axes = plt.subplots(len(phis), 5, figsize=(17, 3.5 * len(phis)), squeeze=False)
-    img = lambda t: _np(t[0, 0, k]).T  # noqa: E731
+    img = (lambda t: _np(t[0, 0]).T) if flat else (lambda t: _np(t[0, 0, k]).T)  # noqa: E731
     for row, (method, phi) in enumerate(phis.items()):
         warped = warp(moving, phi)
         panels = [("fixed", img(fixed), "gray"), ("moving", img(moving), "gray"),
@@ -184,8 +191,9 @@ def pair_panels(fixed, moving, phis: dict, index: int | None = None, axes=None):
             ax.imshow(data, origin="lower", cmap=cmap)
             ax.set_title(title)
             ax.axis("off")
-        show_jacobian(_np(jacobian_det(phi)[0, k]), axes[row, 4])
-        plot_grid(_np(phi[0, 1:, k]), axes[row, 4], step=3, color="k", linewidth=0.4)
+        det = jacobian_det(phi)[0]
+        show_jacobian(_np(det if flat else det[k]), axes[row, 4])
+        plot_grid(_np(phi[0] if flat else phi[0, 1:, k]), axes[row, 4], step=3, color="k", linewidth=0.4)
         axes[row, 4].set_title(f"{method}: grid and det J")
     return axes
 
@@ -287,4 +295,139 @@ def plot_refined(phi, disp_true, title: str = "", axis: int = 0, grid_step: int 
     plot_grid(np.stack([mid_slices(phi[0, c])[axis] for c in plane]), axes[3], step=grid_step)
     axes[3].set_title("grid deformed by phi (in-plane)")
     fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def _plane(x, axis: int = 0) -> np.ndarray:
+    """A 2-D image as it is, or the middle slice along `axis` of a 3-D volume (channels squeezed)."""
+    v = _np(x).squeeze()
+    return v if v.ndim == 2 else mid_slices(v)[axis]
+
+
+def show_cohorts(examples: dict, grid_step: int = 6):
+    """One column per cohort: moving, fixed (labels over them) and the true deformation's grid on the fixed image.
+
+    `examples`: {name: (item, title)} with an embedded item (moving, fixed, moving_seg, fixed_seg, disp_true;
+    2-D or 3-D: the middle slice along the first axis is shown).
+    """
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(3, len(examples), figsize=(2.6 * len(examples), 7.4), squeeze=False)
+    for col, (name, (item, title)) in enumerate(examples.items()):
+        for row, (img, seg, label) in enumerate([(item["moving"], item["moving_seg"], "moving"),
+                                                 (item["fixed"], item["fixed_seg"], "fixed")]):
+            ax = axes[row, col]
+            ax.imshow(_plane(img).T, origin="lower", cmap="gray", vmin=0, vmax=1)
+            lab = _plane(seg).T
+            ax.contour(lab, levels=np.arange(0.5, lab.max() + 1), colors="tab:orange", linewidths=0.4)
+            ax.set_title(f"{name}: {label}" if row == 0 else label, fontsize=9)
+            ax.axis("off")
+        ax = axes[2, col]
+        ax.imshow(_plane(item["fixed"]).T, origin="lower", cmap="gray", vmin=0, vmax=1, alpha=0.5)
+        disp = _np(item["disp_true"])
+        if disp.ndim == 4:      # a 3-D field: the in-plane components of the middle slice along the first axis
+            disp = disp[1:, disp.shape[1] // 2]
+        h, w = disp.shape[1:]
+        yy, xx = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+        py, px = yy + disp[0], xx + disp[1]
+        for i in range(0, h, grid_step):
+            ax.plot(py[i, :], px[i, :], color="k", linewidth=0.5)
+        for j in range(0, w, grid_step):
+            ax.plot(py[:, j], px[:, j], color="k", linewidth=0.5)
+        ax.set_xlim(0, h - 1)
+        ax.set_ylim(0, w - 1)
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def plot_curves(curves: dict, ax=None, title: str = "", ylabel: str = "validation Dice"):
+    """Learning curves: {label: (steps, mean, std)} as lines with a shaded band of one std over seeds."""
+    import matplotlib.pyplot as plt
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4.5, 3.2))
+    for label, (steps, mean, std) in curves.items():
+        line, = ax.plot(steps, mean, label=label, linestyle="--" if "equal time" in label else "-")
+        ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+    ax.set_xlabel("training step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    return ax
+
+
+def plot_budget(budget: dict, steps_per_epoch: int, ax=None):
+    """Final Dice (mean of the last validations, mean over seeds) against the training budget, per strategy."""
+    import matplotlib.pyplot as plt
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4.5, 3.2))
+    for strategy, b in budget.items():
+        if b.get("epochs"):
+            ax.plot(np.array(b["epochs"]) * steps_per_epoch, b["dice"], "o-", label=strategy)
+    ax.set_xscale("log")
+    ax.set_xlabel("training steps (each run its own poly schedule)")
+    ax.set_ylabel("validation Dice")
+    ax.legend(fontsize=8)
+    return ax
+
+
+# --- notebooks 05 and 07
+def plot_training(histories: dict, colours=None):
+    """Per-epoch curves of runs: validation Dice, folds, and for OFG runs the MSE term and optimizer energy.
+
+    `histories[(strategy, seed)]` is a run's per-epoch log (list of dicts, `load_run(...)[2]`). One colour per
+    strategy, one line per seed. Returns the figure (notebook 05, section 2).
+    """
+    import matplotlib.pyplot as plt
+    colours = colours or {"unsupervised": "tab:blue", "ofg": "tab:orange"}
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.6))
+    labelled = set()
+    for (strategy, seed), h in histories.items():
+        colour = colours.get(strategy, "tab:green")
+        first = strategy not in labelled
+        labelled.add(strategy)
+        label = strategy if first else None
+        ep = [r["epoch"] for r in h]
+        axes[0].plot(ep, [r["val_dice"] for r in h], color=colour, label=label, alpha=0.8)
+        axes[1].plot(ep, [100 * r["fold_fraction_brain"] for r in h], color=colour, label=label, alpha=0.8)
+        if "mse" in h[0]:
+            axes[2].plot(ep, [r["mse"] for r in h], color=colour, alpha=0.8)
+        if "energy_before" in h[0]:
+            axes[3].plot(ep, [r["energy_before"] for r in h], color="tab:gray", alpha=0.8,
+                         label="before refinement" if first else None)
+            axes[3].plot(ep, [r["energy_after"] for r in h], color=colour, alpha=0.8,
+                         label="after refinement" if first else None)
+    for ax, title in zip(axes, ["validation Dice", "folds (% of brain voxels)", "OFG: MSE(phi_pred, phi_opt)",
+                                "OFG: optimizer energy"]):
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+    axes[0].legend()
+    axes[3].legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_step_map(moved, grad_size, index: int | None = None):
+    """How far one inner step moved each voxel against the size of its energy gradient (notebook 07).
+
+    `moved`, `grad_size`: (D, H, W) (or (H, W)) maps of |phi_opt - phi_pred| and |dE/dphi|. Two slices and a
+    log-log scatter (every 7th voxel). Returns the figure.
+    """
+    import matplotlib.pyplot as plt
+    moved, grad_size = _np(moved), _np(grad_size)
+    if moved.ndim == 3:
+        k = moved.shape[0] // 2 if index is None else index
+        maps = (moved[k], grad_size[k])
+    else:
+        maps = (moved, grad_size)
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    for ax, (title, im) in zip(axes[:2], [("|phi_opt - phi_pred| after one Adam step", maps[0]),
+                                          ("|dE/dphi| at phi_pred (log10)", np.log10(np.maximum(maps[1], 1e-12)))]):
+        ax.imshow(im.T, origin="lower", cmap="magma")
+        ax.set_title(title, fontsize=10)
+        ax.axis("off")
+    axes[2].loglog(grad_size.flatten()[::7], moved.flatten()[::7], ",", alpha=0.4)
+    axes[2].set_xlabel("|dE/dphi| per voxel")
+    axes[2].set_ylabel("|phi_opt - phi_pred| per voxel")
+    fig.tight_layout()
     return fig

@@ -85,8 +85,10 @@ def test_size_checks_say_what_is_accepted():
         models.build("transmorph", (160, 190, 224))
     with pytest.raises(ValueError, match="multiple of 16"):
         models.build("voxelmorph-1", (40, 48, 50))
-    with pytest.raises(ValueError, match="three positive sides"):
-        models.build("voxelmorph-1", (32, 32))
+    with pytest.raises(ValueError, match="three positive sides.*or two"):
+        models.build("voxelmorph-1", (32,))
+    with pytest.raises(ValueError, match="transmorph is a 3-D model"):
+        models.build("transmorph", (32, 32))
     with pytest.raises(ValueError, match="unknown model 'voxelmorph'.*voxelmorph-1"):
         models.build("voxelmorph", (32, 32, 32))
 

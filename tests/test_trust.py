@@ -261,7 +261,7 @@ def test_yaml_and_set_values_take_the_declared_type(tmp_path):
     ({"embedded_rms": -1}, "embedded_rms must be null or a finite number >= 0"),
     ({"threads": -2}, "threads must be at least 0"),
     ({"batch_size": 0}, "batch_size must be at least 1"),
-    ({"img_size": [32, 32]}, "img_size must be three positive sides"),
+    ({"img_size": [32]}, "img_size must be three positive sides"),
     ({"img_size": 32}, "img_size must be a list"),
     ({"augment": "rotate"}, "augment must be one of none, flip"),
     ({"dice_absent": "nan"}, "dice_absent must be one of skip, zero, one"),

@@ -10,11 +10,11 @@ from __future__ import annotations
 import dataclasses
 
 from .augment import AUGMENTS, flip_pair
-from .embedded import Embedded
+from .embedded import PAIRS, Embedded
 from .real import IXI, LPBA40, OASIS, ofg_sample
-from .template import LABEL_NAMES, mni_template, random_smooth_disp
+from .template import LABEL_NAMES, mni_template, mni_tissues, random_smooth_disp
 
-__all__ = ["Embedded", "IXI", "OASIS", "LPBA40", "LABEL_NAMES", "mni_template", "random_smooth_disp",
+__all__ = ["Embedded", "IXI", "OASIS", "LPBA40", "LABEL_NAMES", "mni_template", "mni_tissues", "random_smooth_disp",
            "from_config", "flip_pair", "AUGMENTS", "ofg_sample"]
 
 DATASETS = ("embedded", "ixi", "oasis", "lpba40")
@@ -30,7 +30,10 @@ def from_config(cfg, split: str):
     name = c.get("dataset", "embedded")
     subset = c.get("subset")
     if name == "embedded":
-        return Embedded(split, c["img_size"], seed=c.get("data_seed", 0), rms=c.get("embedded_rms"))
+        return Embedded(split, c["img_size"], seed=c.get("data_seed", 0), rms=c.get("embedded_rms"),
+                        pairs=c.get("embedded_pairs", "atlas"), contrast=c.get("embedded_contrast", 0.0),
+                        rms_jitter=c.get("embedded_rms_jitter", 0.0), fine_rms=c.get("embedded_fine_rms", 0.0),
+                        supersample=c.get("embedded_supersample", 1))
     if name == "ixi":
         return IXI(c.get("data_root"), split, subset if split in IXI.OFG_SUBSET else None)
     if name == "oasis":

@@ -60,52 +60,83 @@ def _native_labels(vols: dict, affine: np.ndarray) -> np.ndarray:
     return labels
 
 
+AXIAL_Z_MM = 10.0  # the 2-D track's slice: axial, MNI z = +10 mm (basal ganglia, thalami, lateral ventricles)
+
+
 def _resample(volume: torch.Tensor, size, labels: bool) -> torch.Tensor:
-    """Resize (1, 1, ...) to `size` with voxel centres at half-pixel positions for images and labels alike."""
+    """Resize (1, C, ...) to `size` with voxel centres at half-pixel positions for images and labels alike."""
     if labels:
         return F.interpolate(volume.float(), size=size, mode="nearest-exact").long()
     shrink = any(s < n for s, n in zip(size, volume.shape[2:]))
     if shrink:  # average over the source voxels each target voxel covers (no aliasing)
-        return F.adaptive_avg_pool3d(volume, size)
-    return F.interpolate(volume, size=size, mode="trilinear", align_corners=False)
+        pool = F.adaptive_avg_pool3d if len(size) == 3 else F.adaptive_avg_pool2d
+        return pool(volume, size)
+    return F.interpolate(volume, size=size, mode="trilinear" if len(size) == 3 else "bilinear", align_corners=False)
 
 
-@lru_cache(maxsize=4)
-def _load(size: tuple) -> tuple:
+@lru_cache(maxsize=1)
+def _native() -> dict:
+    """The template cropped to the brain at 1 mm, axes (L-R, I-S, P-A): image, labels, grey and white matter."""
     import nibabel as nib
     folder = _nilearn_data()
     imgs = {k: nib.load(folder / f) for k, f in FILES.items()}
     vols = {k: np.asarray(im.dataobj, dtype=np.float32) / 255.0 for k, im in imgs.items()}
-    native = _native_labels(vols, imgs["t1"].affine)
-    # Crop to the brain's bounding box, order the axes (L-R, I-S, P-A) so the longest extent lies along the
-    # last axis as in the paper's 160x192x224 volumes, and resize keeping the aspect ratio (zero padding).
+    affine = imgs["t1"].affine
+    native = _native_labels(vols, affine)
+    # Crop to the brain's bounding box and order the axes (L-R, I-S, P-A) so the longest extent lies along the
+    # last axis as in the paper's 160x192x224 volumes.
     nz = np.argwhere(vols["t1"] > 0.05)
     lo, hi = nz.min(0), nz.max(0) + 1
     crop = tuple(slice(a, b) for a, b in zip(lo, hi))
-    image = torch.from_numpy(vols["t1"][crop].transpose(0, 2, 1).copy())[None, None]
-    labels = torch.from_numpy(native[crop].transpose(0, 2, 1).copy())[None, None]
-    shape = image.shape[2:]
+    out = {k: torch.from_numpy(v[crop].transpose(0, 2, 1).copy())[None, None]
+           for k, v in {"image": vols["t1"], "gm": vols["gm"], "wm": vols["wm"], "labels": native}.items()}
+    out["axial_index"] = int(round((AXIAL_Z_MM - affine[2, 3]) / affine[2, 2])) - int(lo[2])
+    return out
+
+
+@lru_cache(maxsize=4)
+def _load(size: tuple) -> dict:
+    """image, labels and tissue maps (grey matter, white matter, CSF) at `size`: 3-D, or the 2-D axial slice."""
+    src = _native()
+    vols = {k: src[k] for k in ("image", "labels", "gm", "wm")}
+    if len(size) == 2:  # one axial slice: (L-R, P-A)
+        vols = {k: v[:, :, :, src["axial_index"]] for k, v in vols.items()}
+    shape = vols["image"].shape[2:]
+    # resize keeping the aspect ratio, centred, zero padding
     scale = min(s / n for s, n in zip(size, shape))
     inner = tuple(max(2, int(round(n * scale))) for n in shape)
     pads = []
     for s, n in zip(reversed(size), reversed(inner)):
         pads += [(s - n) // 2, s - n - (s - n) // 2]
-    image = F.pad(_resample(image, inner, False), pads).clamp(0, 1)
-    labels = F.pad(_resample(labels, inner, True), pads)
-    return image, labels
+    image = F.pad(_resample(vols["image"], inner, False), pads).clamp(0, 1)
+    labels = F.pad(_resample(vols["labels"], inner, True), pads)
+    gm, wm = (F.pad(_resample(vols[k], inner, False), pads).clamp(0, 1) for k in ("gm", "wm"))
+    csf = ((1 - gm - wm).clamp(0, 1) * (image > 0.08)).clamp(0, 1)
+    return {"image": image, "labels": labels, "tissues": torch.cat([gm, wm, csf], 1)}
+
+
+def _check_size(size) -> tuple:
+    size = tuple(int(s) for s in size)
+    if len(size) not in (2, 3) or min(size) < 8:
+        raise ValueError(f"size must be three sides (D, H, W), or two (H, W) for the 2-D slice, of at least 8 "
+                         f"voxels; got {size}")
+    return size
 
 
 def mni_template(size=(80, 96, 112)):
     """The template as (image (1, 1, *size) float32 in [0, 1], tissue labels (1, 1, *size) int64).
 
     Labels 1..12 are named in `LABEL_NAMES` (tissue maps split by hemisphere and position; not FreeSurfer
-    labels); 0 is background.
+    labels); 0 is background. A 2-D `size` (H, W) gives one axial slice at MNI z = +10 mm (`AXIAL_Z_MM`; axes
+    left-right and posterior-anterior), resized like the volume: it holds labels 1-10 (no posterior fossa).
     """
-    size = tuple(int(s) for s in size)
-    if len(size) != 3 or min(size) < 8:
-        raise ValueError(f"size must be three sides of at least 8 voxels, got {size}")
-    image, labels = _load(size)
-    return image.clone(), labels.clone()
+    d = _load(_check_size(size))
+    return d["image"].clone(), d["labels"].clone()
+
+
+def mni_tissues(size=(80, 96, 112)) -> torch.Tensor:
+    """Grey-matter, white-matter and CSF probability maps (1, 3, *size) of the template (CSF: the rest of the head)."""
+    return _load(_check_size(size))["tissues"].clone()
 
 
 def random_smooth_disp(size, rms: float = 2.0, spacing: int | None = None, seed: int = 0,
@@ -114,6 +145,7 @@ def random_smooth_disp(size, rms: float = 2.0, spacing: int | None = None, seed:
 
     `invertible=True` integrates a random velocity field (never folds); `invertible=False` returns the smooth
     noise itself as the displacement, which folds once it is large compared with its correlation length.
+    A 2-D `size` gives a 2-D field (1, 2, H, W).
     """
     from .synthetic import random_deformation, smooth_field, subject_generator
     size = tuple(size)
@@ -121,4 +153,4 @@ def random_smooth_disp(size, rms: float = 2.0, spacing: int | None = None, seed:
     g = subject_generator(seed, 99)
     if invertible:
         return random_deformation(size, rms, spacing, g)
-    return smooth_field(size, 3, spacing, g) * rms
+    return smooth_field(size, len(size), spacing, g) * rms

@@ -17,12 +17,15 @@ __all__ = ["build", "names", "register", "count_parameters", "check_size"]
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 _DIVISOR: dict[str, int] = {}
+_DIMS: dict[str, tuple] = {}
 
 
-def register(name: str, builder: Callable[..., nn.Module], divisor: int = 1, overwrite: bool = False) -> None:
+def register(name: str, builder: Callable[..., nn.Module], divisor: int = 1, overwrite: bool = False,
+             dims=(3,)) -> None:
     """Make `build(name, img_size, **overrides)` call `builder(img_size, **overrides)`.
 
-    `divisor`: every side of the input must be a multiple of it (checked before building).
+    `divisor`: every side of the input must be a multiple of it (checked before building). `dims`: the numbers
+    of spatial dimensions the builder accepts (3 only, or (2, 3) for a model that also builds in 2-D).
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"a model name must be a non-empty string, got {name!r}")
@@ -30,7 +33,10 @@ def register(name: str, builder: Callable[..., nn.Module], divisor: int = 1, ove
         raise ValueError(f"a model named {name!r} is registered already (pass overwrite=True to replace it)")
     if not callable(builder):
         raise TypeError(f"builder must be callable, got {type(builder).__name__}")
-    _REGISTRY[name], _DIVISOR[name] = builder, int(divisor)
+    dims = tuple(int(d) for d in dims)
+    if not dims or set(dims) - {2, 3}:
+        raise ValueError(f"dims must list 2 and/or 3 spatial dimensions, got {dims}")
+    _REGISTRY[name], _DIVISOR[name], _DIMS[name] = builder, int(divisor), dims
 
 
 def names() -> list[str]:
@@ -39,12 +45,16 @@ def names() -> list[str]:
 
 
 def check_size(name: str, img_size) -> tuple:
-    """Return `img_size` as a tuple of three ints, or raise saying which sizes the model accepts."""
+    """Return `img_size` as a tuple of ints (D, H, W), or (H, W) for a 2-D model; or say which sizes it accepts."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; registered: {', '.join(names())}")
     size = tuple(int(s) for s in img_size)
-    if len(size) != 3 or min(size) < 1:
-        raise ValueError(f"img_size must be three positive sides (D, H, W), got {img_size!r}")
+    if len(size) not in (2, 3) or min(size) < 1:
+        raise ValueError(f"img_size must be three positive sides (D, H, W), or two (H, W) in 2-D; got {img_size!r}")
+    if len(size) not in _DIMS[name]:
+        in_2d = [n for n in names() if 2 in _DIMS[n]]
+        raise ValueError(f"{name} is a {' or '.join(f'{d}-D' for d in _DIMS[name])} model and img_size {size} is "
+                         f"{len(size)}-D; models that build in 2-D: {', '.join(in_2d)}")
     d = _DIVISOR[name]
     bad = [s for s in size if s % d]
     if bad:

@@ -4,12 +4,19 @@ from __future__ import annotations
 import torch.nn as nn
 
 
-def flow_head(in_channels: int, ndim: int = 3) -> nn.Conv3d:
-    """The 3^3 convolution to a displacement: weights from N(0, 1e-5), zero bias, so the first field is ~0."""
-    conv = nn.Conv3d(in_channels, ndim, kernel_size=3, padding=1)
-    nn.init.normal_(conv.weight, 0.0, 1e-5)
-    nn.init.zeros_(conv.bias)
-    return conv
+def conv(ndim: int):
+    """nn.Conv2d or nn.Conv3d for a 2-D or 3-D model."""
+    if ndim not in (2, 3):
+        raise ValueError(f"models are 2-D or 3-D, got {ndim} spatial dimensions")
+    return nn.Conv2d if ndim == 2 else nn.Conv3d
+
+
+def flow_head(in_channels: int, ndim: int = 3) -> nn.Module:
+    """The 3^n convolution to a displacement: weights from N(0, 1e-5), zero bias, so the first field is ~0."""
+    layer = conv(ndim)(in_channels, ndim, kernel_size=3, padding=1)
+    nn.init.normal_(layer.weight, 0.0, 1e-5)
+    nn.init.zeros_(layer.bias)
+    return layer
 
 
 class DropPath(nn.Module):
