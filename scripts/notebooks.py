@@ -40,16 +40,29 @@ def parameter_names(src: Path) -> set[str]:
     return names
 
 
-def load_profile(profile: str) -> dict:
+def _read_profile(profile: str) -> tuple[dict, list | None]:
     import yaml
     path = ROOT / "params" / f"{profile}.yaml"
     if not path.exists():
         known = ", ".join(p.stem for p in sorted((ROOT / "params").glob("*.yaml")))
         raise SystemExit(f"no parameter file {path.relative_to(ROOT)}; profiles: {known}")
     data = yaml.safe_load(path.read_text()) or {}
+    only = data.pop("only", None) if isinstance(data, dict) else None
+    if only is not None and not (isinstance(only, list) and all(isinstance(o, str) for o in only)):
+        raise SystemExit(f"{path.name}: `only` must be a list of notebook name prefixes, e.g. [\"08\"]")
     if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
-        raise SystemExit(f"{path.name}: expected a mapping of notebook name -> {{parameter: value}}")
-    return data
+        raise SystemExit(f"{path.name}: expected a mapping of notebook name -> {{parameter: value}} (and `only`)")
+    return data, only
+
+
+def load_profile(profile: str) -> dict:
+    """{notebook: {parameter: value}} of params/PROFILE.yaml."""
+    return _read_profile(profile)[0]
+
+
+def profile_only(profile: str) -> list | None:
+    """The notebook prefixes a profile runs by default (its `only` key), or None for every notebook."""
+    return _read_profile(profile)[1]
 
 
 def check_params() -> list[str]:
@@ -86,6 +99,7 @@ def reproduce(profile: str, only: list[str] | None = None) -> None:
     if problems:
         raise SystemExit("\n".join(problems))
     params = load_profile(profile)
+    only = only or profile_only(profile)
     os.environ["OFG_STATIC"] = "1"  # widgets draw their static figure only (ofg_lib.viz.interactive)
     build, results = ROOT / "build" / profile, ROOT / "results" / profile
     results.mkdir(parents=True, exist_ok=True)

@@ -97,3 +97,33 @@ def test_every_notebook_header_gives_the_course_index_a_title_a_lesson_and_a_cos
     for src in script.sources():
         h = script.header(jupytext.read(src))
         assert h["title"].startswith(src.stem[:2]) and len(h["teaches"]) > 30 and "CPU" in h["cost"], src.name
+
+
+def test_the_html_course_builds_from_an_executed_notebook(tmp_path, monkeypatch):
+    """`make html` on a notebook really executed at its CI-sized defaults (through papermill, as reproduce does)."""
+    import papermill as pm
+    script = load_script()
+    src = next(p for p in script.convert(tmp_path / "build") if p.stem.startswith("02"))
+    results = tmp_path / "results" / "ci"
+    results.mkdir(parents=True)
+    monkeypatch.setenv("OFG_STATIC", "1")
+    monkeypatch.setenv("OFG_DATA_DIR", str(tmp_path / "data"))
+    pm.execute_notebook(str(src), str(results / src.name), kernel_name="python3", progress_bar=False,
+                        cwd=str(script.ROOT))
+    monkeypatch.setattr(script, "ROOT", tmp_path)
+    index = script.html("ci").read_text()
+    page = (results / "html" / f"{src.stem}.html").read_text()
+    assert f'href="{src.stem}.html"' in index and "02 · " in index
+    assert "<img" in page or "image/png" in page                      # its figures were executed and embedded
+
+
+def test_a_profile_may_run_only_some_notebooks(tmp_path, monkeypatch):
+    script = load_script()
+    (tmp_path / "params").mkdir()
+    (tmp_path / "params" / "one.yaml").write_text('only: ["08"]\n08_x: {a: 1}\n')
+    (tmp_path / "params" / "bad.yaml").write_text("only: 8\n")
+    monkeypatch.setattr(script, "ROOT", tmp_path)
+    assert script.profile_only("one") == ["08"] and script.load_profile("one") == {"08_x": {"a": 1}}
+    with pytest.raises(SystemExit, match="`only` must be a list"):
+        script.load_profile("bad")
+    assert load_script().profile_only("study") == ["08"] and load_script().profile_only("cpu") is None
