@@ -1,0 +1,161 @@
+"""Parameter sweeps: a grid of config values x seeds, paired against a reference run (notebook 09).
+
+    table = ofg_lib.sweep.sweep(base, {"ofg_every": [2, 4]}, seeds=[0, 1], out="results/cpu/09/interval")
+
+Every point is an ordinary training run (`ofg_lib.train.run`) in its own folder, named for its overrides, so a
+second call reuses finished runs and resumes unfinished ones. The reference (default: `base` itself) is run for
+the same seeds; each point's scores are compared with it seed by seed (the point minus the reference). The
+table is written as sweep.json and as a tidy sweep.csv (one row per point and metric).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .paths import atomic_write, load_checkpoint, write_json
+
+__all__ = ["points", "folder_name", "sweep", "run_curves", "measure_step", "SWEEP_METRICS"]
+
+SWEEP_METRICS = ("val_dice", "epe", "fold_fraction", "fold_fraction_brain", "sdlogj", "val_unsup_loss")
+# Costs per point. Not memory: on a CPU `peak_memory_mb` is the whole process's peak, so in a sweep it depends on
+# which runs came before; `measure_step` measures a config's memory in a fresh process.
+COSTS = ("sec_per_step_network", "sec_per_step_inner", "guided_share")
+
+
+def points(grid) -> list[dict]:
+    """A grid {key: [values]} as the list of its points (cartesian product), or a list of dicts as given."""
+    if isinstance(grid, dict):
+        keys = list(grid)
+        for k, v in grid.items():
+            if not isinstance(v, (list, tuple)) or not v:
+                raise ValueError(f"grid[{k!r}] must be a non-empty list of values, got {v!r}")
+        return [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]
+    if isinstance(grid, (list, tuple)) and all(isinstance(p, dict) for p in grid):
+        return [dict(p) for p in grid]
+    raise TypeError(f"grid must be a dict of value lists or a list of override dicts, got {type(grid).__name__}")
+
+
+def folder_name(overrides: dict) -> str:
+    """A readable, file-system-safe folder name for a point, e.g. `ofg_every=2,strategy=ofg`."""
+    if not overrides:
+        return "reference"
+    text = ",".join(f"{k}={json.dumps(v, separators=(',', ':')) if not isinstance(v, str) else v}"
+                    for k, v in sorted(overrides.items()))
+    return re.sub(r"[^A-Za-z0-9=,._+-]", "_", text)
+
+
+def _run(cfg: dict, folder: Path, callbacks):
+    from .train import run
+    run(cfg, out=folder, resume=True, callbacks=callbacks)
+    return load_checkpoint(folder / "checkpoint.pt")["history"]
+
+
+def sweep(base: dict, grid, seeds=(0, 1, 2), out="results/sweep", reference: dict | None = None,
+          last_k: int = 3, callbacks=(), log=print, name: str = "sweep") -> dict:
+    """Run every point of `grid` (and the reference) for every seed; return and write NAME.json and NAME.csv.
+
+    `reference`: overrides of `base` for the run every point is compared with (default: none, i.e. `base`).
+    Sweeps that share `out` and `reference` share their runs (a point run once serves every table it is in). A
+    point given as a dict may carry `"_name"`: its folder's name (e.g. when an override is a long path).
+    Returns {"rows": [...], "reference": ..., "seeds": ...}; each row has the point's overrides, per metric the
+    mean and std over seeds, the paired difference to the reference (mean, std, per seed), and the costs
+    (seconds per step of network and optimizer: medians over epochs; the share of guided steps: its mean).
+    The reference's folder is `reference`, or `reference-<its overrides>` when it has any.
+    """
+    out, seeds = Path(out), list(seeds)
+    reference = dict(reference or {})
+    runs = {}
+
+    def train(overrides):
+        overrides = dict(overrides)
+        name = overrides.pop("_name", None) or folder_name(overrides)
+        for seed in seeds:
+            if (name, seed) not in runs:
+                log(f"[sweep] {name} seed {seed}")
+                cfg = {**base, **(reference if name.startswith("reference") else {}), **overrides, "seed": seed}
+                runs[(name, seed)] = (cfg, _run(cfg, out / name / f"seed{seed}", callbacks))
+        return name
+
+    ref_name = train({"_name": "reference" + (f"-{folder_name(reference)}" if reference else "")})
+    rows = []
+    for overrides in points(grid):
+        point = train(overrides)
+        row = {"point": point, "overrides": {k: v for k, v in overrides.items() if k != "_name"}}
+        for m in SWEEP_METRICS:
+            mine = [_score_m(runs[(point, s)], m, last_k) for s in seeds]
+            ref = [_score_m(runs[(ref_name, s)], m, last_k) for s in seeds]
+            if any(v is None for v in mine + ref):
+                continue
+            diff = np.array(mine) - np.array(ref)
+            row[m] = {"mean": float(np.mean(mine)), "std": float(np.std(mine)), "reference": float(np.mean(ref)),
+                      "difference": float(diff.mean()), "difference_std": float(diff.std()),
+                      "per_seed": diff.tolist()}
+        for c in COSTS:     # medians over epochs (robust to a slowed epoch); the guided share is a mean
+            vals = [r.get(c) for s in seeds for r in runs[(point, s)][1] if r.get(c) is not None]
+            row[c] = (float(np.mean(vals)) if c == "guided_share" else float(np.median(vals))) if vals else None
+        rows.append(row)
+    result = {"reference": reference, "seeds": seeds, "last_k": last_k, "base": base, "rows": rows}
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / f"{name}.json", result)
+    atomic_write(out / f"{name}.csv", _csv(rows))
+    return result
+
+
+def run_curves(out, point: str, seeds, metric: str = "val_dice"):
+    """(steps, mean, std) over seeds of a validation metric along the runs of one point of a sweep folder."""
+    runs = [[r for r in load_checkpoint(Path(out) / point / f"seed{s}" / "checkpoint.pt")["history"]
+             if r.get(metric) is not None] for s in seeds]
+    n = min(len(h) for h in runs)
+    steps = np.array([r["step"] for r in runs[0][:n]])
+    vals = np.array([[r[metric] for r in h[:n]] for h in runs], dtype=float)
+    return steps, vals.mean(0), vals.std(0)
+
+
+def _score_m(run, metric, last_k):
+    cfg, history = run
+    rows = [r for r in history if r.get(metric) is not None][-last_k:]
+    if not rows:
+        return None
+    return float(np.mean([r[metric] for r in rows]))
+
+
+def _csv(rows) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["point", "metric", "mean", "std", "reference", "difference", "difference_std", "per_seed", *COSTS])
+    for r in rows:
+        for m in SWEEP_METRICS:
+            if m in r:
+                v = r[m]
+                w.writerow([r["point"], m, v["mean"], v["std"], v["reference"], v["difference"], v["difference_std"],
+                            " ".join(f"{x:.6g}" for x in v["per_seed"]), *(r[c] for c in COSTS)])
+    return buf.getvalue()
+
+
+def measure_step(cfg: dict, steps: int = 3, timeout: int = 900) -> dict:
+    """Seconds per step (network, optimizer) and peak memory of a config's training, in a fresh process.
+
+    On the CPU the peak resident set is a property of the whole process (it never goes down), so comparing
+    designs needs one process each; on a GPU it is torch's peak allocation in the epoch. Validation is skipped
+    from the timing (one pair). Returns the last epoch's `sec_per_step_network`, `sec_per_step_inner` and
+    `peak_memory_mb`, and `training_extra_mb`: the peak during training above the peak once the model and data
+    were ready (on a CPU the process's baseline, imports and data, dominates the peak at small sizes).
+    """
+    code = ("import json, sys\nfrom ofg_lib import peak_memory_mb\nfrom ofg_lib.train import Trainer, load_config\n"
+            "t = Trainer(load_config(json.loads(sys.argv[1])))\nready = peak_memory_mb(t.device)\nt.fit()\n"
+            "h = t.history[-1]\nout = {k: h[k] for k in ('sec_per_step_network', 'sec_per_step_inner', 'peak_memory_mb')}\n"
+            "out['training_extra_mb'] = h['peak_memory_mb'] - ready\nprint(json.dumps(out))")
+    cfg = {**cfg, "epochs": 1, "steps_per_epoch": steps, "val_pairs": 1, "progress": False}
+    r = subprocess.run([sys.executable, "-c", code, json.dumps(cfg)], capture_output=True, text=True,
+                       timeout=timeout)
+    if r.returncode:
+        raise RuntimeError(f"measuring {cfg} failed:\n{r.stderr[-2000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
