@@ -44,7 +44,7 @@ import torch
 from IPython.display import Markdown, display
 
 import ofg_lib
-from ofg_lib import models, strategies, train
+from ofg_lib import models, strategies, train, viz
 from ofg_lib.compare import compare
 from ofg_lib.data import from_config
 from ofg_lib.evaluate import load_run
@@ -111,31 +111,7 @@ print(f"{model}: {models.count_parameters(models.build(model, img_size)):,} para
 result = compare(base, strategies=("unsupervised", "ofg"), seeds=tuple(seeds), out=out, last_k=last_k)
 
 # %%
-def history(strategy, seed):
-    return load_run(out / f"{strategy}-seed{seed}")[2]
-
-
-fig, axes = plt.subplots(1, 4, figsize=(17, 3.6))
-for strategy, colour in (("unsupervised", "tab:blue"), ("ofg", "tab:orange")):
-    for seed in seeds:
-        h = history(strategy, seed)
-        ep = [r["epoch"] for r in h]
-        label = strategy if seed == seeds[0] else None
-        axes[0].plot(ep, [r["val_dice"] for r in h], color=colour, label=label, alpha=0.8)
-        axes[1].plot(ep, [100 * r["fold_fraction_brain"] for r in h], color=colour, label=label, alpha=0.8)
-        if strategy == "ofg":
-            axes[2].plot(ep, [r["mse"] for r in h], color=colour, alpha=0.8)
-            axes[3].plot(ep, [r["energy_before"] for r in h], color="tab:gray", alpha=0.8,
-                         label="before refinement" if seed == seeds[0] else None)
-            axes[3].plot(ep, [r["energy_after"] for r in h], color=colour, alpha=0.8,
-                         label="after refinement" if seed == seeds[0] else None)
-for ax, title in zip(axes, ["validation Dice", "folds (% of brain voxels)", "OFG: MSE(phi_pred, phi_opt)",
-                            "OFG: optimizer energy"]):
-    ax.set_title(title)
-    ax.set_xlabel("epoch")
-axes[0].legend()
-axes[3].legend()
-plt.tight_layout()
+viz.plot_training({(s, seed): load_run(out / f"{s}-seed{seed}")[2] for s in ("unsupervised", "ofg") for seed in seeds})
 plt.show()
 
 # %% [markdown]

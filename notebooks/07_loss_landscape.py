@@ -48,7 +48,7 @@ from ofg_lib.evaluate import load_run
 from ofg_lib.losses import ofg_loss
 from ofg_lib.optimizer import refine
 from ofg_lib.paths import resolve
-from ofg_lib.viz import plot_landscape, plot_slices_1d
+from ofg_lib.viz import plot_landscape, plot_slices_1d, plot_step_map
 
 dev = ofg_lib.device(device)
 runs = load_runs(resolve(run_dir), seed, device=dev)  # {strategy: (model, config, history)}
@@ -115,17 +115,7 @@ a = L.network_gradients(net, pair, inner_steps=1, inner_lr=config.inner_lr, inne
                         unsup_reg=config.unsup_reg)
 moved = (a["phi_opt"] - a["phi_pred"]).norm(dim=1)[0].cpu()
 grad_size = a["field_grad"].norm(dim=1)[0].cpu()
-k = moved.shape[0] // 2
-fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
-for ax, (title, im) in zip(axes[:2], [("|phi_opt - phi_pred| after one Adam step", moved[k]),
-                                      ("|dE/dphi| at phi_pred (log10)", grad_size[k].clamp_min(1e-12).log10())]):
-    ax.imshow(im.T, origin="lower", cmap="magma")
-    ax.set_title(title, fontsize=10)
-    ax.axis("off")
-axes[2].loglog(grad_size.flatten()[::7], moved.flatten()[::7], ",", alpha=0.4)
-axes[2].set_xlabel("|dE/dphi| per voxel")
-axes[2].set_ylabel("|phi_opt - phi_pred| per voxel")
-plt.tight_layout()
+plot_step_map(moved, grad_size)
 plt.show()
 big = grad_size > 10 * grad_size.median()
 print(f"voxels with a gradient 10x the median moved {moved[big].mean():.4f}, the rest {moved[~big].mean():.4f} "
