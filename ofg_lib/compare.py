@@ -23,14 +23,33 @@ NAMES = {"val_dice": "Dice", "fold_fraction": "folds (% of all voxels, as Table 
          "sdlogj": "SDlogJ"}
 
 
-def _score(history, upto_epoch, last_k):
+def _score(history, upto_epoch, last_k, metrics=METRICS):
+    """Each metric's mean over a run's last `last_k` validations up to `upto_epoch` (None where not logged)."""
     rows = [r for r in history if "val_dice" in r and r["epoch"] <= upto_epoch][-last_k:]
     return {m: float(np.mean([r[m] for r in rows])) if rows and rows[0].get(m) is not None else None
-            for m in METRICS}
+            for m in metrics}
 
 
 def _history(out: Path):
     return load_checkpoint(Path(out) / "checkpoint.pt")["history"]
+
+
+def train_history(cfg: dict, folder, resume: bool = True, callbacks=()) -> list:
+    """Train one run in `folder` (resuming an unfinished one, reusing a finished one); return its history.
+
+    The one way compare, the study (`ofg_lib.study`) and the sweeps (`ofg_lib.sweep`) get a run.
+    """
+    run(cfg, out=folder, resume=resume, callbacks=callbacks)
+    return _history(folder)
+
+
+def mean_curve(histories, metric: str = "val_dice"):
+    """(steps, mean, std) over runs of a validation metric along training (the learning-curve figures)."""
+    runs = [[r for r in h if r.get(metric) is not None] for h in histories]
+    n = min(len(h) for h in runs)
+    steps = np.array([r["step"] for r in runs[0][:n]])
+    vals = np.array([[r[metric] for r in h[:n]] for h in runs], dtype=float)
+    return steps, vals.mean(0), vals.std(0)
 
 
 def compare(base: dict, strategies=("unsupervised", "ofg"), seeds=(0, 1, 2), out: str | Path = "results/compare",
@@ -41,8 +60,8 @@ def compare(base: dict, strategies=("unsupervised", "ofg"), seeds=(0, 1, 2), out
     for seed in seeds:
         for strat in strategies:
             folder = out / f"{strat}-seed{seed}"
-            summary = run({**base, "strategy": strat, "seed": seed}, out=folder, resume=resume, callbacks=callbacks)
-            runs[(strat, seed)] = {"summary": summary, "history": _history(folder), "folder": str(folder)}
+            hist = train_history({**base, "strategy": strat, "seed": seed}, folder, resume, callbacks)
+            runs[(strat, seed)] = {"history": hist, "folder": str(folder)}
     epochs = load_config(base).epochs
     table = {"equal_steps": {}, "equal_time": {}}
     for (strat, seed), r in runs.items():
@@ -56,9 +75,9 @@ def compare(base: dict, strategies=("unsupervised", "ofg"), seeds=(0, 1, 2), out
                 if extra > epochs:       # keep training the faster strategy to the slower one's time budget
                     folder = out / f"{strat}-seed{seed}-equal-time-{extra}ep"
                     # the same config run longer (its schedules stretch over the longer run)
-                    run({**base, "strategy": strat, "seed": seed, "epochs": extra}, out=folder, resume=resume,
-                        callbacks=callbacks)
-                    hist, upto = _history(folder), extra
+                    hist = train_history({**base, "strategy": strat, "seed": seed, "epochs": extra}, folder, resume,
+                                         callbacks)
+                    upto = extra
                 else:
                     hist, upto = runs[(strat, seed)]["history"], epochs
                 table["equal_time"][f"{strat}/{seed}"] = {**_score(hist, upto, last_k), "epochs": upto}

@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .compare import METRICS, _score, paired, step_seconds
-from .paths import atomic_write, load_checkpoint, write_json
+from .compare import _score, mean_curve, paired, step_seconds, train_history
+from .paths import atomic_write, write_json
 
 __all__ = ["SETTINGS", "setting_config", "identity_scores", "run_study", "plateau", "table_markdown", "curves",
            "conclusion", "spec_from_params", "write_report"]
@@ -81,12 +81,6 @@ def identity_scores(cfg: dict, n: int = 10) -> dict:
     return {"dice": float(np.mean(d)), "epe": float(np.mean(e))}
 
 
-def _train(cfg: dict, folder: Path, callbacks=()):
-    from .train import run
-    run(cfg, out=folder, resume=True, callbacks=callbacks)
-    return load_checkpoint(folder / "checkpoint.pt")["history"]
-
-
 def _pair_scores(histories: dict, epochs: dict, last_k: int, seeds) -> dict:
     scores = {f"{s}/{seed}": _score(histories[(s, seed)], epochs[s], last_k) for s, seed in histories}
     return paired(scores, ("unsupervised", "ofg"), seeds)
@@ -110,7 +104,7 @@ def run_study(spec: dict, out, callbacks=(), log=print) -> dict:
         cfg = {**base, **setting_config(setting, size), "strategy": strat, "seed": seed, **(extra or {})}
         folder = out / tag / f"{strat}-seed{seed}"
         log(f"[study] {tag}: {strat} seed {seed}")
-        hist[(tag, strat, seed)] = _train(cfg, folder, callbacks)
+        hist[(tag, strat, seed)] = train_history(cfg, folder, callbacks=callbacks)
         return hist[(tag, strat, seed)]
 
     def add_rows(tag, setting, comparison, pairs, extra=None):
@@ -288,10 +282,7 @@ def curves(result: dict, tag: str, strategy: str, metric: str = "val_dice"):
     runs = [h for k, h in result["histories"].items() if k.startswith(f"{tag}/{strategy}/")]
     if not runs:
         raise KeyError(f"no runs for {tag}/{strategy} in this study")
-    n = min(len(h) for h in runs)
-    steps = np.array([r["step"] for r in runs[0][:n]])
-    vals = np.array([[r[metric] for r in h[:n]] for h in runs], dtype=float)
-    return steps, vals.mean(0), vals.std(0)
+    return mean_curve(runs, metric)
 
 
 def write_report(result: dict, folder, wall_time_h: float, machine: str, command: str, points: int = 40) -> Path:

@@ -13,6 +13,7 @@ import csv
 import io
 import itertools
 import json
+import math
 import re
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .compare import _score, mean_curve, train_history
 from .paths import atomic_write, load_checkpoint, write_json
 
 __all__ = ["points", "folder_name", "sweep", "run_curves", "measure_step", "SWEEP_METRICS"]
@@ -52,12 +54,6 @@ def folder_name(overrides: dict) -> str:
     return re.sub(r"[^A-Za-z0-9=,._+-]", "_", text)
 
 
-def _run(cfg: dict, folder: Path, callbacks):
-    from .train import run
-    run(cfg, out=folder, resume=True, callbacks=callbacks)
-    return load_checkpoint(folder / "checkpoint.pt")["history"]
-
-
 def sweep(base: dict, grid, seeds=(0, 1, 2), out="results/sweep", reference: dict | None = None,
           last_k: int = 3, callbacks=(), log=print, name: str = "sweep") -> dict:
     """Run every point of `grid` (and the reference) for every seed; return and write NAME.json and NAME.csv.
@@ -81,7 +77,7 @@ def sweep(base: dict, grid, seeds=(0, 1, 2), out="results/sweep", reference: dic
             if (name, seed) not in runs:
                 log(f"[sweep] {name} seed {seed}")
                 cfg = {**base, **(reference if name.startswith("reference") else {}), **overrides, "seed": seed}
-                runs[(name, seed)] = (cfg, _run(cfg, out / name / f"seed{seed}", callbacks))
+                runs[(name, seed)] = train_history(cfg, out / name / f"seed{seed}", callbacks=callbacks)
         return name
 
     ref_name = train({"_name": "reference" + (f"-{folder_name(reference)}" if reference else "")})
@@ -89,9 +85,11 @@ def sweep(base: dict, grid, seeds=(0, 1, 2), out="results/sweep", reference: dic
     for overrides in points(grid):
         point = train(overrides)
         row = {"point": point, "overrides": {k: v for k, v in overrides.items() if k != "_name"}}
+        scores = {(key, s): _score(runs[(key, s)], math.inf, last_k, SWEEP_METRICS)   # last validations
+                  for key in (point, ref_name) for s in seeds}
         for m in SWEEP_METRICS:
-            mine = [_score_m(runs[(point, s)], m, last_k) for s in seeds]
-            ref = [_score_m(runs[(ref_name, s)], m, last_k) for s in seeds]
+            mine = [scores[(point, s)][m] for s in seeds]
+            ref = [scores[(ref_name, s)][m] for s in seeds]
             if any(v is None for v in mine + ref):
                 continue
             diff = np.array(mine) - np.array(ref)
@@ -99,7 +97,7 @@ def sweep(base: dict, grid, seeds=(0, 1, 2), out="results/sweep", reference: dic
                       "difference": float(diff.mean()), "difference_std": float(diff.std()),
                       "per_seed": diff.tolist()}
         for c in COSTS:     # medians over epochs (robust to a slowed epoch); the guided share is a mean
-            vals = [r.get(c) for s in seeds for r in runs[(point, s)][1] if r.get(c) is not None]
+            vals = [r.get(c) for s in seeds for r in runs[(point, s)] if r.get(c) is not None]
             row[c] = (float(np.mean(vals)) if c == "guided_share" else float(np.median(vals))) if vals else None
         rows.append(row)
     result = {"reference": reference, "seeds": seeds, "last_k": last_k, "base": base, "rows": rows}
@@ -111,20 +109,8 @@ def sweep(base: dict, grid, seeds=(0, 1, 2), out="results/sweep", reference: dic
 
 def run_curves(out, point: str, seeds, metric: str = "val_dice"):
     """(steps, mean, std) over seeds of a validation metric along the runs of one point of a sweep folder."""
-    runs = [[r for r in load_checkpoint(Path(out) / point / f"seed{s}" / "checkpoint.pt")["history"]
-             if r.get(metric) is not None] for s in seeds]
-    n = min(len(h) for h in runs)
-    steps = np.array([r["step"] for r in runs[0][:n]])
-    vals = np.array([[r[metric] for r in h[:n]] for h in runs], dtype=float)
-    return steps, vals.mean(0), vals.std(0)
-
-
-def _score_m(run, metric, last_k):
-    cfg, history = run
-    rows = [r for r in history if r.get(metric) is not None][-last_k:]
-    if not rows:
-        return None
-    return float(np.mean([r[metric] for r in rows]))
+    return mean_curve([load_checkpoint(Path(out) / point / f"seed{s}" / "checkpoint.pt")["history"] for s in seeds],
+                      metric)
 
 
 def _csv(rows) -> str:

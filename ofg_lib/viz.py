@@ -298,12 +298,6 @@ def plot_refined(phi, disp_true, title: str = "", axis: int = 0, grid_step: int 
     return fig
 
 
-def _plane(x, axis: int = 0) -> np.ndarray:
-    """A 2-D image as it is, or the middle slice along `axis` of a 3-D volume (channels squeezed)."""
-    v = _np(x).squeeze()
-    return v if v.ndim == 2 else mid_slices(v)[axis]
-
-
 def show_cohorts(examples: dict, grid_step: int = 6):
     """One column per cohort: moving, fixed (labels over them) and the true deformation's grid on the fixed image.
 
@@ -316,25 +310,19 @@ def show_cohorts(examples: dict, grid_step: int = 6):
         for row, (img, seg, label) in enumerate([(item["moving"], item["moving_seg"], "moving"),
                                                  (item["fixed"], item["fixed_seg"], "fixed")]):
             ax = axes[row, col]
-            ax.imshow(_plane(img).T, origin="lower", cmap="gray", vmin=0, vmax=1)
-            lab = _plane(seg).T
+            ax.imshow(mid_slices(img)[0].T, origin="lower", cmap="gray", vmin=0, vmax=1)
+            lab = mid_slices(seg)[0].T
             ax.contour(lab, levels=np.arange(0.5, lab.max() + 1), colors="tab:orange", linewidths=0.4)
             ax.set_title(f"{name}: {label}" if row == 0 else label, fontsize=9)
             ax.axis("off")
         ax = axes[2, col]
-        ax.imshow(_plane(item["fixed"]).T, origin="lower", cmap="gray", vmin=0, vmax=1, alpha=0.5)
+        ax.imshow(mid_slices(item["fixed"])[0].T, origin="lower", cmap="gray", vmin=0, vmax=1, alpha=0.5)
         disp = _np(item["disp_true"])
         if disp.ndim == 4:      # a 3-D field: the in-plane components of the middle slice along the first axis
             disp = disp[1:, disp.shape[1] // 2]
-        h, w = disp.shape[1:]
-        yy, xx = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
-        py, px = yy + disp[0], xx + disp[1]
-        for i in range(0, h, grid_step):
-            ax.plot(py[i, :], px[i, :], color="k", linewidth=0.5)
-        for j in range(0, w, grid_step):
-            ax.plot(py[:, j], px[:, j], color="k", linewidth=0.5)
-        ax.set_xlim(0, h - 1)
-        ax.set_ylim(0, w - 1)
+        plot_grid(disp, ax, step=grid_step, linewidth=0.5)
+        ax.set_xlim(0, disp.shape[1] - 1)
+        ax.set_ylim(0, disp.shape[2] - 1)
         ax.set_title(title, fontsize=9)
         ax.axis("off")
     fig.tight_layout()

@@ -139,7 +139,15 @@ class Embedded(Dataset):
         atomic_write(path, json.dumps(want, indent=1))  # per-process temporary name: safe with parallel writers
 
     def atlas(self):
-        """The moving image of atlas pairs and its labels, (1, 1, *size); with supersample, area-downsampled."""
+        """The moving image of atlas pairs and its labels, (1, 1, *size); with supersample, area-downsampled.
+
+        Made once per dataset (every subject's labels are warped from it); callers get copies.
+        """
+        if getattr(self, "_atlas", None) is None:
+            self._atlas = self._make_atlas()
+        return tuple(t.clone() for t in self._atlas)
+
+    def _make_atlas(self):
         image, seg = mni_template(self.size)
         k = self.supersample
         if k > 1:
