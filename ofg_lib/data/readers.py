@@ -38,13 +38,22 @@ def load_pkl(path: Path, length: int) -> tuple:
     return tuple(obj)
 
 
-def load_nifti(path: Path) -> np.ndarray:
+def load_nifti(path: Path, affine: bool = False):
+    """The voxel array of a NIfTI file (a trailing singleton 4th axis dropped); with `affine=True` also its affine.
+
+    Missing and unreadable files raise errors that name the file.
+    """
     import nibabel as nib
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: file not found")
-    data = np.asanyarray(nib.load(path).dataobj)
-    return data[..., 0] if data.ndim == 4 and data.shape[-1] == 1 else data
+    try:
+        img = nib.load(path)
+        data = np.asanyarray(img.dataobj)
+    except Exception as e:  # nibabel raises several types (ImageFileError, EOFError, zlib errors...)
+        raise ValueError(f"{path}: not a readable NIfTI image ({e})") from e
+    data = data[..., 0] if data.ndim == 4 and data.shape[-1] == 1 else data
+    return (data, np.asarray(img.affine, dtype=np.float64)) if affine else data
 
 
 def image_tensor(array: np.ndarray, path, normalize: bool = False) -> torch.Tensor:
