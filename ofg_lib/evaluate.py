@@ -59,7 +59,7 @@ def evaluate(model, dataset, n: int | None = None, device="cpu", time_repeats: i
     `dice`: per pair, the mean over the scored labels, then the mean over pairs (`dice_std` over pairs), as the
     published evaluation averages; `absent` is the convention for labels absent from both maps (`metrics.dice`:
     "skip" leaves them out, "zero" is the published IXI/OASIS code, "one" its LPBA40 code); `dice_per_label` is
-    (pairs, labels). Folds, two counts: `fold_fraction` over all voxels (as the published Table 1 code) and
+    (pairs, labels), `dice_per_pair` the per-pair means. Folds, two counts: `fold_fraction` over all voxels (as the published Table 1 code) and
     `fold_fraction_brain` over the fixed image's labelled voxels (as the paper's text). A non-finite prediction
     scores NaN in every metric. `lncc` and `grad_l2` are the two terms of the unsupervised loss on these pairs (the
     paper's Table 2 compares models by this "convergence loss"). `time_repeats=0` skips the inference timing;
@@ -96,7 +96,8 @@ def evaluate(model, dataset, n: int | None = None, device="cpu", time_repeats: i
     scored = ~np.all(np.isnan(per_label), axis=1)
     pair_dice = np.full(len(per_label), np.nan)
     pair_dice[scored] = np.nanmean(per_label[scored], axis=1)
-    return {"dice_per_label": per_label, "dice": float(pair_dice.mean()), "dice_std": float(pair_dice.std()),
+    return {"dice_per_label": per_label, "dice_per_pair": pair_dice, "dice": float(pair_dice.mean()),
+            "dice_std": float(pair_dice.std()),
             "fold_fraction": float(np.mean(folds)), "fold_fraction_brain": float(np.mean(folds_brain)),
             "sdlogj": float(np.mean(logj)), "epe": float(np.mean(epes)) if epes else None, "inference_ms": ms,
             "lncc": float(np.mean(sims)), "grad_l2": float(np.mean(regs)),

@@ -146,13 +146,15 @@ def interactive(fn, **controls):
 
 
 # --- notebooks 06 and 07
-def dice_boxplot(per_label: dict, names, ax=None, colours=("tab:blue", "tab:orange", "tab:green", "tab:red")):
+def dice_boxplot(per_label: dict, names, ax=None, colours=None):
     """Per-label Dice boxes, one colour per method (the paper's Fig. 8); `per_label[method]` is (pairs, labels)."""
     import matplotlib.pyplot as plt
+    colours = colours or [plt.get_cmap("tab10")(i) for i in range(10)]
     if ax is None:
         _, ax = plt.subplots(figsize=(max(8, len(names) * 0.9), 4))
     width = 0.8 / len(per_label)
-    for k, ((method, values), colour) in enumerate(zip(per_label.items(), colours)):
+    for k, (method, values) in enumerate(per_label.items()):
+        colour = colours[k % len(colours)]
         data = [col[~np.isnan(col)] for col in np.asarray(values).T]
         pos = np.arange(len(names)) + (k - (len(per_label) - 1) / 2) * width
         bp = ax.boxplot(data, positions=pos, widths=width * 0.9, patch_artist=True, showfliers=False)
@@ -196,6 +198,40 @@ def pair_panels(fixed, moving, phis: dict, index: int | None = None, axes=None):
         plot_grid(_np(phi[0] if flat else phi[0, 1:, k]), axes[row, 4], step=3, color="k", linewidth=0.4)
         axes[row, 4].set_title(f"{method}: grid and det J")
     return axes
+
+
+def method_columns(fixed, moving, phis: dict, index: int | None = None):
+    """The paper's Fig. 4/9 with one column per method: warped, |warped - fixed|, deformation grid, det J.
+
+    The first column holds the fixed and the moving image. Shapes as in `pair_panels` (3-D: the slice `index`
+    along the first axis; 2-D drawn whole). Folds (det J <= 0) show in black in the last row.
+    """
+    import matplotlib.pyplot as plt
+
+    from .metrics import jacobian_det
+    from .transform import warp
+    flat = fixed.dim() == 4
+    k = fixed.shape[2] // 2 if index is None else index
+    img = (lambda t: _np(t[0, 0]).T) if flat else (lambda t: _np(t[0, 0, k]).T)  # noqa: E731
+    fig, axes = plt.subplots(4, len(phis) + 1, figsize=(2.6 * (len(phis) + 1), 10.5), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, (title, t) in zip(axes[:2, 0], (("fixed", fixed), ("moving", moving))):
+        ax.imshow(img(t), origin="lower", cmap="gray")
+        ax.set_title(title)
+    diffs = {m: img((warp(moving, phi) - fixed).abs()) for m, phi in phis.items()}
+    vmax = max(float(d.max()) for d in diffs.values())        # one scale, so the methods compare
+    for col, (method, phi) in enumerate(phis.items(), start=1):
+        axes[0, col].imshow(img(warp(moving, phi)), origin="lower", cmap="gray")
+        axes[0, col].set_title(method, fontsize=9)
+        axes[1, col].imshow(diffs[method], origin="lower", cmap="magma", vmin=0, vmax=vmax)
+        field = _np(phi[0] if flat else phi[0, 1:, k])
+        plot_grid(field, axes[2, col], step=3, color="k", linewidth=0.5)
+        det = jacobian_det(phi)[0]
+        show_jacobian(_np(det if flat else det[k]), axes[3, col])
+    for row, name in enumerate(("warped", "|warped - fixed|", "grid", "det J")):
+        axes[row, 1].text(-0.08, 0.5, name, transform=axes[row, 1].transAxes, rotation=90, va="center", ha="right")
+    return fig
 
 
 # --- notebooks 02 and 03
