@@ -4,10 +4,13 @@
 # **What this teaches.** How the paper evaluates a registration network, on the networks notebook 05 trained:
 # labels warped by nearest neighbour and scored per label (Fig. 8), the share of folding voxels
 # ($\%|J_\phi| \le 0$, Table 1), SDlogJ (Learn2Reg), the end-point error against the true displacement (only the
-# embedded cohort has one) and the time of one forward pass; then pictures like the paper's Fig. 4 and 9.
+# embedded cohort has one) and the time of one forward pass; then pictures like the paper's Fig. 4 and 9; then
+# Table 1, with the classical methods (SyN, NiftyReg, elastix, our optimizer) run for real on the same pairs.
 #
-# **Cost.** Under a minute on a laptop CPU after notebook 05; seconds on one GPU. Code: `ofg_lib/evaluate.py`,
-# `ofg_lib/metrics.py`, `ofg_lib/viz.py`.
+# **Cost.** After notebook 05, the networks' sections take under a minute on a laptop CPU; the classical methods
+# of section 4 take seconds per pair each (the `cpu` profile's 8 pairs: 195 s for the whole notebook on 2 cores,
+# measured). Code: `ofg_lib/evaluate.py`, `ofg_lib/metrics.py`, `ofg_lib/baselines.py`, `ofg_lib/report.py`,
+# `ofg_lib/viz.py`.
 
 # %% tags=["parameters"]
 run_dir = "results/ci/05_training"  # notebook 05's run folder (relative to the checkout)

@@ -164,7 +164,7 @@ def dice_boxplot(per_label: dict, names, ax=None, colours=None):
     ax.set_xticks(np.arange(len(names)))
     ax.set_xticklabels(names, rotation=60, ha="right", fontsize=8)
     ax.set_ylabel("Dice")
-    ax.legend()
+    ax.legend(ncol=min(len(per_label), 6), loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
     return ax
 
 
