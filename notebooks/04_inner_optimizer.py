@@ -8,11 +8,11 @@
 # known, start once from the identity and once from a partial prediction (the on-the-fly regime), vary `steps`,
 # `lr`, `reg_weight` and the optimizer, and see from Adam's update rule why SGD needs a very different `lr`.
 #
-# **Cost.** Under a minute on a laptop CPU at 80x96x112 (about 30 s on 2 cores); a few seconds on one GPU (the
-# `gpu` profile runs 160x192x224). Code: `ofg_lib/optimizer.py` (`refine`), built on notebooks 02 and 03.
+# **Cost.** Under a minute on a laptop CPU: about 20 s on 2 cores at the default 64x80x96 (nbval, measured), about
+# 30 s at 80x96x112 (`make reproduce`); a few seconds on one GPU (the `gpu` profile runs 160x192x224). Code: `ofg_lib/optimizer.py` (`refine`), built on notebooks 02 and 03.
 
 # %% tags=["parameters"]
-size = [80, 96, 112]  # volume size (D, H, W); the paper: 160x192x224
+size = [64, 80, 96]  # volume size (D, H, W); the paper: 160x192x224 (make reproduce: 80x96x112)
 subject = 0  # which validation subject of the embedded cohort
 steps = 10  # inner steps per training step (the paper: 10)
 lr = 0.1  # Adam learning rate of the inner optimizer (the paper: 0.1)
