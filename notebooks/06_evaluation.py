@@ -173,10 +173,7 @@ for method in baselines:
         evals[method] = r
 networks = []
 for folder in [run_dir, *extra_run_dirs]:  # extra runs: trained on the same dataset and size, same seeds
-    run_cfg = load_runs(resolve(folder), seeds_found[0], device=dev)["ofg"][1]
-    label = (f"{run_cfg['model']} ({'x'.join(str(v) for v in run_cfg['img_size'])}, "
-             f"{run_cfg['epochs'] * run_cfg['steps_per_epoch']} steps)")
-    row, r = network_row(resolve(folder), val, n_rep, seeds_found, dev, absent, label=label)
+    row, r = network_row(resolve(folder), val, n_rep, seeds_found, dev, absent)  # labelled "model (size, steps)"
     networks.append(row)
     if folder == run_dir:
         evals = {"unsupervised": r["unsupervised"], "ofg": r["ofg"], **evals}

@@ -94,9 +94,10 @@ def register(method: str, moving: torch.Tensor, fixed: torch.Tensor, threads: in
     """The displacement (B, n_dims, *spatial), voxels, that aligns `moving` to `fixed` by a classical method.
 
     `moving`, `fixed`: (B, 1, *spatial) tensors (2-D or 3-D), registered pair by pair. `threads` caps the
-    toolkit's threads for this call (default: its own); `instance` runs on torch's threads (`torch.set_num_threads`). `options` override the method's settings (module docstring): `syn`
-    takes ANTsPy `registration` keywords, `elastix` parameter-map entries (e.g. `MaximumNumberOfIterations="64"`),
-    `niftyreg` `levels` and `iterations`, `instance` the keys of `INSTANCE`.
+    toolkit's threads for this call (default: its own); `instance` runs on torch's threads
+    (`torch.set_num_threads`). `options` override the method's settings (module docstring): `syn` takes ANTsPy
+    `registration` keywords, `elastix` parameter-map entries (e.g. `MaximumNumberOfIterations="64"`), `niftyreg`
+    `levels` and `iterations`, `instance` the keys of `INSTANCE`.
 
     With `labels` (a moving label map, (B, 1, *spatial)), it returns `(disp, toolkit_labels)`: the labels
     resampled by the toolkit itself (nearest neighbour, its own transform), the check that our reading of its
@@ -106,12 +107,12 @@ def register(method: str, moving: torch.Tensor, fixed: torch.Tensor, threads: in
     if reason:
         raise RuntimeError(f"{method}: {reason}")
     _volumes(moving, fixed)
-    fn = {"syn": _syn, "elastix": _elastix, "niftyreg": _niftyreg, "instance": _instance}[method]
     if labels is not None and (labels.shape[0] != moving.shape[0] or labels.shape[2:] != moving.shape[2:]):
         raise ValueError(f"labels {tuple(labels.shape)} must match moving {tuple(moving.shape)}")
-    if method == "instance":
-        disp = fn(moving, fixed, **options)
+    if method == "instance":   # torch all the way: no conversion, no toolkit to check against
+        disp = _instance(moving, fixed, **options)
         return disp if labels is None else (disp, warp(labels, disp, mode="nearest"))
+    fn = {"syn": _syn, "elastix": _elastix, "niftyreg": _niftyreg}[method]
     out, warped = [], []
     for b in range(moving.shape[0]):
         m = moving[b, 0].detach().cpu().numpy().astype(np.float32)

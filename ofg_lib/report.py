@@ -88,7 +88,10 @@ def network_row(run_dir, dataset, n: int, seeds=(0,), device="cpu", absent: str 
     cfg = first["ofg"][1]
     evals = {s: {k: evaluate(net, dataset, n, device, time_repeats=3, absent=absent) for k, (net, _, _) in runs.items()}
              for s, runs in per_seed.items()}
-    row = {"method": label or cfg["model"], "kind": "network", "status": "ok", "pairs": min(n, len(dataset)),
+    if label is None:   # what the network is and how long it trained: the row says it, not the reader's memory
+        steps = cfg["epochs"] * cfg["steps_per_epoch"]
+        label = f"{cfg['model']} ({'x'.join(str(v) for v in cfg['img_size'])}, {steps} steps)"
+    row = {"method": label, "kind": "network", "status": "ok", "pairs": min(n, len(dataset)),
            "seeds": " ".join(str(s) for s in seeds), **_paper(cfg["model"]),
            "infer_device": str(device)}
     for strategy, col in (("unsupervised", "base"), ("ofg", "ofg")):
@@ -128,8 +131,7 @@ def markdown(rows: list[dict], title: str = "Table 1 on the embedded cohort", no
         ofg = r["kind"] == "network"
         dice = (f"{r['dice_base']:.4f} ± {r['dice_base_std']:.4f}"
                 + (f" / {r['dice_ofg']:.4f} ± {r['dice_ofg_std']:.4f}" if ofg else ""))
-        train = _pair(r.get("train_s_base", None) and r["train_s_base"] / 60,
-                      r.get("train_s_ofg", None) and r["train_s_ofg"] / 60, ".1f") if ofg else "none"
+        train = _pair(r["train_s_base"] / 60, r["train_s_ofg"] / 60, ".1f") if ofg else "none"
         lines.append(
             f"| {r['method']} | {dice} | {_pair(r['folds_base'], r.get('folds_ofg') if ofg else None, '.4f')} | "
             f"{_pair(r['folds_brain_base'], r.get('folds_brain_ofg') if ofg else None, '.4f')} | "

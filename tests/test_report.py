@@ -21,7 +21,7 @@ def _comparison(run_dir, size, seeds=(0, 1)):
                         "sec_per_step_inner": 1.0 if strategy == "ofg" else 0.0} for e in (1, 2)]
             torch.save({"model": model.state_dict(), "history": history,
                         "config": {"model": "voxelmorph-1-tiny", "img_size": list(size), "dataset": "embedded",
-                                   "strategy": strategy}}, folder / "checkpoint.pt")
+                                   "strategy": strategy, "epochs": 2, "steps_per_epoch": 10}}, folder / "checkpoint.pt")
 
 
 def test_report_has_every_row_and_column(tmp_path, monkeypatch):
@@ -32,6 +32,7 @@ def test_report_has_every_row_and_column(tmp_path, monkeypatch):
     assert set(evals) == {"unsupervised", "ofg"}
     assert net["train_s_base"] == pytest.approx(20 * 0.6) and net["train_s_ofg"] == pytest.approx(20 * 1.6)
     assert 0 < net["dice_base"] <= 1 and net["infer_s"] > 0 and net["paper_dice_base"] is None
+    assert network_row(tmp_path / "runs", ds, 1, seeds=(0,))[0]["method"] == "voxelmorph-1-tiny (32x32x32, 20 steps)"
     inst, r = classical_row("instance", ds, 2, **baselines.QUICK["instance"])
     assert inst["status"] == "ok" and r["first_disp"].shape == (1, 3, *size)
     assert inst["dice_base"] > net["dice_base"]  # optimised pairs beat an untrained network
