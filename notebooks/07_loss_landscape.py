@@ -151,9 +151,10 @@ schedule = {}
 for mode in ("poly", "constant"):
     out = resolve(run_dir) / "07_schedule" / f"{mode}-seed{seed}"
     logger = L.CosineLogger(pairs, out / "cosines.json")
-    done = (out / "checkpoint.pt").exists()
+    # resume="auto", exact=True: reuse a finished run of this very config, resume an unfinished one, else train
     summary = train.run({**cfg, "epochs": schedule_epochs, "steps_per_epoch": schedule_steps, "val_every": 1,
-                         "inner_lr_schedule": mode, "progress": False}, out=out, resume=done, callbacks=[logger])
+                         "inner_lr_schedule": mode, "progress": False}, out=out, resume="auto", exact=True,
+                        callbacks=[logger])
     schedule[mode] = {"history": load_run(out)[2], "cosines": logger.rows}
 fig, axes = plt.subplots(1, 4, figsize=(18, 3.6))
 for mode, r in schedule.items():

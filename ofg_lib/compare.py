@@ -37,9 +37,12 @@ def _history(out: Path):
 def train_history(cfg: dict, folder, resume: bool = True, callbacks=()) -> list:
     """Train one run in `folder` (resuming an unfinished one, reusing a finished one); return its history.
 
-    The one way compare, the study (`ofg_lib.study`) and the sweeps (`ofg_lib.sweep`) get a run.
+    The one way compare, the study (`ofg_lib.study`), the sweeps (`ofg_lib.sweep`) and `ofg_lib.converge` get a
+    run. A run in `folder` is reused or resumed only when its whole stored config equals `cfg` (epochs included;
+    `ofg_lib.train.RUNTIME` keys aside); otherwise this refuses, naming the folder and the differing keys.
+    `resume=False` refuses a folder that holds any run.
     """
-    run(cfg, out=folder, resume=resume, callbacks=callbacks)
+    run(cfg, out=folder, resume="auto" if resume else False, callbacks=callbacks, exact=True)
     return _history(folder)
 
 

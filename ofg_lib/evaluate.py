@@ -16,7 +16,7 @@ from .metrics import dice, epe, fold_fraction, sdlogj, time_ms
 from .paths import load_checkpoint
 from .transform import warp
 
-__all__ = ["load_model", "load_run", "evaluate"]
+__all__ = ["load_model", "load_run", "evaluate", "score_run", "SCORED"]
 
 
 def load_model(path, device="cpu"):
@@ -37,6 +37,8 @@ def _model_of(state, device):
 def load_run(run_dir, device="cpu", which: str = "last"):
     """(model, config, history) of a run folder: `which="last"` reads checkpoint.pt, `"best"` best.pt.
 
+    The history is the last checkpoint's; a folder holding best.pt only gives the history up to the best epoch.
+
     The config is the run's stored config (a dict of TrainConfig keys); build its data with
     `ofg_lib.data.from_config(config, split)`. The history is the per-epoch log (a list of dicts).
     """
@@ -46,6 +48,9 @@ def load_run(run_dir, device="cpu", which: str = "last"):
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"{run_dir}: no such run folder (train a run first, notebook 05)")
+    if which == "best" and not (run_dir / "checkpoint.pt").exists():
+        best = load_checkpoint(run_dir / "best.pt", "best checkpoint")   # a folder with best.pt only (copied out)
+        return (*_model_of(best, device), best["history"])
     last = load_checkpoint(run_dir / "checkpoint.pt")          # read once: the history lives only here
     model, cfg = _model_of(last if which == "last" else load_checkpoint(run_dir / names[which]), device)
     return model, cfg, last["history"]
@@ -102,3 +107,37 @@ def evaluate(model, dataset, n: int | None = None, device="cpu", time_repeats: i
             "sdlogj": float(np.mean(logj)), "epe": float(np.mean(epes)) if epes else None, "inference_ms": ms,
             "lncc": float(np.mean(sims)), "grad_l2": float(np.mean(regs)),
             "labels": list(dataset.labels), "label_names": list(dataset.label_names)}
+
+
+SCORED = ("dice", "dice_std", "fold_fraction", "fold_fraction_brain", "sdlogj", "epe")
+
+
+def score_run(run_dir, split: str = "test", n: int | None = None, which: str = "best", device="cpu") -> dict:
+    """A run's `which` checkpoint scored on `split` of its own data (the headline score of the study).
+
+    The best checkpoint is chosen on the validation pairs during training; scoring it on the test split keeps
+    selection and reporting apart, as the paper does. The result (the metrics in SCORED, the epoch and step of
+    the checkpoint, and the pairs scored) is cached beside the run as `score-<which>-<split>-<n>.json`, keyed
+    by the checkpoint's step so a resumed or retrained run is scored again.
+    """
+    import json
+
+    from .data import from_config
+    from .paths import write_json
+    run_dir = Path(run_dir)
+    names = {"last": "checkpoint.pt", "best": "best.pt"}
+    if which not in names:
+        raise ValueError(f"which must be 'last' or 'best', got {which!r}")
+    state = load_checkpoint(run_dir / names[which], f"{which} checkpoint")
+    cache = run_dir / f"score-{which}-{split}-{n if n is not None else 'all'}.json"
+    if cache.exists():
+        cached = json.loads(cache.read_text())
+        if cached.get("step") == state["step"] and cached.get("epoch") == state["epoch"]:
+            return cached
+    model, cfg = _model_of(state, device)
+    data = from_config(cfg, split)
+    r = evaluate(model, data, n, device, time_repeats=0, absent=cfg.get("dice_absent", "skip"))
+    out = {**{k: r[k] for k in SCORED}, "split": split, "pairs": len(r["dice_per_pair"]), "which": which,
+           "epoch": state["epoch"], "step": state["step"], "dice_per_pair": r["dice_per_pair"].tolist()}
+    write_json(cache, out)
+    return out

@@ -4,9 +4,13 @@
     python -m ofg_lib.register --method syn|elastix|niftyreg|instance --moving m.nii.gz --fixed f.nii.gz --out DIR
 
 Writes `warped.nii.gz`, `warped_seg.nii.gz` (with `--moving-seg`), `disp_vox.nii.gz` and `disp_mm.nii.gz` (the
-conventions: `ofg_lib.io`) with the fixed image's affine, and `register.json` (inputs, method, seconds, and the
-Dice against `--fixed-seg` when given). The two images must share shape and affine; for a trained run the shape
-must be the one it was trained at.
+conventions: `ofg_lib.io`) with the fixed image's affine, and `register.json` (inputs, method, seconds, every file
+written, and the Dice against `--fixed-seg` when `--moving-seg` is given too). The two images must share shape
+and affine; for a trained run the shape must be the one it was trained at. Runs of the 2-D track cannot register
+NIfTI volumes (they were trained on single slices).
+
+`--out` is claimed while the registration runs (`ofg_lib.runs`), and the files a registration writes (OUTPUTS)
+are removed from it first, so a folder never mixes the outputs of two registrations.
 """
 from __future__ import annotations
 
@@ -18,15 +22,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import device as resolve_device
 from . import synchronize
 from .baselines import METHODS, Baseline
 from .evaluate import load_run
 from .io import read_pair, write_outputs
 from .metrics import dice, fold_fraction
 from .paths import load_checkpoint, write_json
+from .runs import FolderBusyError, claim
 from .transform import warp
 
-__all__ = ["register_files", "main"]
+__all__ = ["register_files", "main", "OUTPUTS"]
+
+OUTPUTS = ("warped.nii.gz", "warped_seg.nii.gz", "disp_vox.nii.gz", "disp_mm.nii.gz", "register.json")
 
 
 def register_files(moving, fixed, out, run=None, method=None, moving_seg=None, fixed_seg=None, which="last",
@@ -34,12 +42,25 @@ def register_files(moving, fixed, out, run=None, method=None, moving_seg=None, f
     """The CLI as a function: returns the summary written to `out/register.json`."""
     if (run is None) == (method is None):
         raise ValueError("give exactly one of run (a trained run folder) or method (a classical method)")
+    if out is None or not str(out).strip():
+        raise ValueError("out is empty: give the output folder")
+    device = resolve_device(device)
+    with claim(out, "registration"):
+        for name in OUTPUTS:                  # the outputs of an earlier registration into this folder
+            (Path(out) / name).unlink(missing_ok=True)
+        return _register(moving, fixed, out, run, method, moving_seg, fixed_seg, which, device, threads)
+
+
+def _register(moving, fixed, out, run, method, moving_seg, fixed_seg, which, device, threads) -> dict:
     normalize = True
     if run is not None:
         model, cfg, _ = load_run(run, device, which)
         normalize = not (cfg.get("dataset") == "lpba40" and not cfg.get("lpba40_normalize", True))
         state = load_checkpoint(Path(run) / ("checkpoint.pt" if which == "last" else "best.pt"))
         trained = tuple(int(n) for n in state.get("img_size") or cfg["img_size"])  # real datasets store theirs
+        if len(trained) != 3:
+            raise ValueError(f"{run} is a run of the 2-D track (trained on {len(trained)}-D slices of size "
+                             f"{list(trained)}); registering NIfTI volumes needs a 3-D run")
     pair = read_pair(moving, fixed, moving_seg, fixed_seg, normalize=normalize)
     m, f = pair["moving"][None].to(device), pair["fixed"][None].to(device)
     if run is not None:
@@ -60,10 +81,14 @@ def register_files(moving, fixed, out, run=None, method=None, moving_seg=None, f
     warped_seg = warp(pair["moving_seg"][None].to(device), disp, "nearest") if "moving_seg" in pair else None
     paths = write_outputs(out, pair["affine"], disp, warped, warped_seg)
     summary = {"method": name, "moving": str(moving), "fixed": str(fixed), "seconds": seconds,
-               "fold_percent": 100 * fold_fraction(disp), "outputs": {k: str(v) for k, v in paths.items()}}
+               "fold_percent": 100 * fold_fraction(disp),
+               "outputs": {**{k: str(v) for k, v in paths.items()}, "summary": str(Path(out) / "register.json")}}
     if warped_seg is not None and "fixed_seg" in pair:
         labels = sorted(set(np.unique(pair["fixed_seg"].numpy()).tolist()) - {0})
         summary["dice"] = float(dice(warped_seg.cpu(), pair["fixed_seg"][None], labels).nanmean())
+    elif "fixed_seg" in pair:
+        summary["dice_note"] = ("no Dice: the fixed label map was given without a moving one (--moving-seg), so "
+                                "there are no warped labels to compare with it")
     write_json(Path(out) / "register.json", summary)
     return summary
 
@@ -85,10 +110,13 @@ def main(argv=None) -> int:
     try:
         s = register_files(a.moving, a.fixed, a.out, a.run, a.method, a.moving_seg, a.fixed_seg, a.which,
                            a.device, a.threads)
-    except (OSError, ValueError, RuntimeError) as e:   # OSError: missing files, an unwritable --out
+    except (OSError, ValueError, RuntimeError, FolderBusyError) as e:   # OSError: missing files, unwritable --out
         print(f"error: {e}", file=sys.stderr)
         return 2
-    extra = f", Dice {s['dice']:.4f}" if "dice" in s else ""
+    except KeyboardInterrupt:
+        print("\nstopped", file=sys.stderr)
+        return 130
+    extra = f", Dice {s['dice']:.4f}" if "dice" in s else f" ({s['dice_note']})" if "dice_note" in s else ""
     print(f"{s['method']}: {s['seconds']:.2f} s, folds {s['fold_percent']:.4f} %{extra}; wrote {a.out}")
     return 0
 

@@ -3,17 +3,26 @@
     python -m ofg_lib.train --config configs/cpu_smoke.yaml --out results/smoke
     python -m ofg_lib.train --config configs/cpu_smoke.yaml --set strategy=unsupervised --out results/smoke2
     python -m ofg_lib.train ... --resume          # continue OUT's run (the config must be the same)
+    python -m ofg_lib.train ... --resume --set epochs=20   # extend it (see RESUMABLE; never shorter than done)
     torchrun --nproc_per_node 2 -m ofg_lib.train --config ... --out ...            # DDP, one process per device
     summary = ofg_lib.train.run({"model": "voxelmorph-1-tiny", "epochs": 2}, out="results/run1")
 
 The trainer knows loops, schedules, checkpoints and logs; how a step's loss is made lives in
-`ofg_lib.strategies`. Run folders are never silently replaced or mixed: training into a folder that holds a run
-needs `resume` (same config, except the keys in RESUMABLE) or `overwrite`.
+`ofg_lib.strategies`. Run folders are never silently replaced, mixed or reused:
+- a training run claims its folder for as long as it runs (`ofg_lib.runs.claim`): a second run into the same
+  folder is refused with the holder's pid, host and command;
+- training into a folder that holds a run needs `resume` (same config, except the keys in RESUMABLE, and never
+  fewer epochs than done) or `overwrite`; `resume=True` on a folder without a run is an error, `resume="auto"`
+  (what the experiment runners use) starts one there;
+- `exact=True` (the runners: compare, study, sweep, converge) reuses or resumes a run only when its whole stored
+  config equals the requested one, epochs included (only the keys in RUNTIME may differ); else it refuses,
+  naming the folder and the differing keys.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import warnings
 import dataclasses
 import io
 import json
@@ -37,10 +46,11 @@ from .metrics import ABSENT
 from .optimizer import OPTIMIZERS, refine_with_history
 from .paths import atomic_save, atomic_write, load_checkpoint, remove_partials, write_json
 from .progress import progress_bar
+from .runs import FolderBusyError, claim
 from .strategies import STRATEGIES, Step, strategy
 
 __all__ = ["TrainConfig", "Trainer", "run", "STRATEGIES", "strategy", "load_config", "main", "RESUMABLE",
-           "RUN_FILES"]
+           "RUNTIME", "RUN_FILES", "CLI_FLAGS", "plateaued"]
 
 
 @dataclass
@@ -68,9 +78,10 @@ class TrainConfig:
     augment: str | None = None           # none | flip (default: flip for ixi and lpba40, as published; else none)
     strategy: str = "ofg"                # ofg | unsupervised | self-training | optimized-self-training | mix
     epochs: int = 10
+    schedule_epochs: int | None = None   # horizon of the poly schedules (network and inner lr); default: epochs
     steps_per_epoch: int = 50            # training pairs per epoch (the published code: the whole split)
     batch_size: int = 1
-    lr: float = 1e-4                     # network Adam lr (the paper: 1e-4), poly(0.9) decay over epochs
+    lr: float = 1e-4                     # network Adam lr (the paper: 1e-4), poly(0.9) decay over schedule_epochs
     lr_schedule: str = "poly"            # poly | constant
     ofg_reg: float = 0.02                # lambda of Eq. 3: smoothness weight of the OFG loss (and of mix, Eq. 7)
     unsup_reg: float = 1.0               # smoothness weight of the unsupervised loss (the published baseline: 1)
@@ -93,6 +104,8 @@ class TrainConfig:
     two_way: bool | None = None          # a second optimizer step per pair, fixed->moving (default: oasis, as published)
     val_pairs: int = 10                  # validation pairs (at most the split's size)
     val_every: int = 1                   # validate every n epochs (and after the last)
+    plateau_tol: float | None = None     # stop early once the smoothed val Dice gains < tol over the last third
+    plateau_min_steps: int = 0           # ... but not before this many steps (see `plateaued`)
     dice_absent: str = "skip"            # Dice of a label absent from both maps: skip | zero (published IXI, OASIS) | one
     seed: int = 0                        # network initialisation, data order, augmentation, OASIS partners
     device: str = "auto"                 # auto | cpu | cuda | cuda:N
@@ -107,14 +120,25 @@ class TrainConfig:
         _validate(self)
 
     @property
+    def horizon(self) -> int:
+        """The length of the poly schedules in epochs: `schedule_epochs`, or the run's own `epochs`."""
+        return self.schedule_epochs or self.epochs
+
+    @property
     def augment_mode(self) -> str:
         return self.augment or ("flip" if self.dataset in ("ixi", "lpba40") else "none")
 
 
-# Keys that may differ when a run is resumed (everything else must equal the stored config). `epochs` extends
-# or shortens a run; with the poly schedules the remaining epochs then follow the new length.
+# Keys that may differ when a run is resumed by hand (everything else must equal the stored config). `epochs`
+# extends a run (or shortens an unfinished one, never below the epochs done); with poly schedules and no
+# `schedule_epochs`, the remaining epochs then follow the new length, so an extended run equals no fresh run:
+# set schedule_epochs to extend along one schedule. The runners (`exact=True`) accept differences in RUNTIME only:
+# keys that change how fast a run goes or what it prints, not what it computes.
 DESIGNS = ("instance", "downsample", "network")
-RESUMABLE = ("epochs", "val_every", "progress", "threads", "num_workers", "device")
+RUNTIME = ("progress", "threads", "num_workers", "device")
+RESUMABLE = ("epochs", "val_every", *RUNTIME)
+CLI_FLAGS = ("out", "resume", "overwrite")       # arguments of run() and the CLI, not config keys
+ENERGY_RISE_TOL = 1e-4   # refinement "raised the energy" when it ends this much above where it started
 RENAMED = {"reg_weight": "ofg_reg (the 0.02 of Eq. 3; the optimizer's energy uses inner_reg, the unsupervised "
                          "loss unsup_reg)",
            "ixi_subset": "subset (it applies to OASIS too)"}
@@ -166,6 +190,8 @@ def _validate(cfg: TrainConfig) -> None:
             raise ValueError(f"{key} must be {what}, got {getattr(cfg, key)!r}")
 
     need(cfg.strategy in STRATEGIES, "strategy", f"one of {', '.join(STRATEGIES)}")
+    need(re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", cfg.device) is not None, "device",
+         "auto, cpu, cuda or cuda:N (mps on a Mac)")
     need(cfg.model in models.names(), "model", f"one of {', '.join(models.names())}")
     need(cfg.dataset in datasets.DATASETS, "dataset", f"one of {', '.join(datasets.DATASETS)}")
     for key in ("lr_schedule", "inner_lr_schedule"):
@@ -195,10 +221,13 @@ def _validate(cfg: TrainConfig) -> None:
     need(1 <= cfg.embedded_supersample <= 4, "embedded_supersample", "an integer from 1 to 4")
     for key in ("embedded_contrast", "embedded_fine_rms"):
         need(math.isfinite(getattr(cfg, key)) and getattr(cfg, key) >= 0, key, "a finite number >= 0")
+    need(cfg.plateau_tol is None or math.isfinite(cfg.plateau_tol), "plateau_tol", "null or a finite number")
     for key in ("epochs", "steps_per_epoch", "batch_size", "val_pairs", "val_every"):
         need(getattr(cfg, key) >= 1, key, "at least 1")
-    for key in ("inner_steps", "teacher_steps", "threads", "num_workers", "seed", "data_seed"):
+    for key in ("inner_steps", "teacher_steps", "threads", "num_workers", "seed", "data_seed", "plateau_min_steps"):
         need(getattr(cfg, key) >= 0, key, "at least 0")
+    need(cfg.schedule_epochs is None or cfg.schedule_epochs >= cfg.epochs, "schedule_epochs",
+         f"null or at least epochs ({cfg.epochs}): a run stops on its schedule, never past its end")
     need(math.isfinite(cfg.lr) and cfg.lr > 0, "lr", "a finite number > 0")
     for key in ("inner_lr", "ofg_reg", "unsup_reg", "inner_reg", "alpha", "beta"):
         need(math.isfinite(getattr(cfg, key)) and getattr(cfg, key) >= 0, key, "a finite number >= 0")
@@ -220,16 +249,26 @@ def load_config(config=None, overrides=None) -> TrainConfig:
         path = Path(config)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: config file not found")
-        values = yaml.safe_load(path.read_text()) or {}
+        values = _yaml(path.read_text(), str(path))
+        if values is None:
+            raise ValueError(f"{path}: the config file is empty (or holds only comments); write the keys to change, "
+                             "e.g. `epochs: 5`, or leave out --config to train with the defaults")
         if not isinstance(values, dict):
             raise ValueError(f"{path}: a config is a flat YAML mapping of key: value")
+        flags = sorted(set(values) & set(CLI_FLAGS))
+        if flags:
+            raise ValueError(f"{path}: {', '.join(flags)} are command-line flags (--{' --'.join(flags)}), not "
+                             "config keys")
     else:
         values = dict(config)
     for item in overrides or []:
         if "=" not in item:
             raise ValueError(f"--set takes key=value, got {item!r}")
         key, value = item.split("=", 1)
-        values[key.strip()] = yaml.safe_load(value)
+        key = key.strip()
+        if key in CLI_FLAGS:
+            raise ValueError(f"--set {item}: {key} is a command-line flag, not a config key: use --{key}")
+        values[key] = _yaml(value, f"--set {item}")
     renamed = [f"{k} is now {RENAMED[k]}" for k in values if k in RENAMED]
     if renamed:
         raise ValueError("renamed config key(s): " + "; ".join(renamed))
@@ -238,6 +277,44 @@ def load_config(config=None, overrides=None) -> TrainConfig:
     if unknown:
         raise ValueError(f"unknown config key(s): {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
     return TrainConfig(**{k: v for k, v in values.items() if k in known})
+
+
+class _UniqueKeyLoader:
+    """A yaml SafeLoader that refuses duplicate keys (PyYAML keeps the last one silently)."""
+
+    @staticmethod
+    def build():
+        import yaml
+
+        class Loader(yaml.SafeLoader):
+            pass
+
+        def mapping(loader, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = loader.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} (line {key_node.start_mark.line + 1})", key_node.start_mark)
+                seen.add(key)
+            return yaml.SafeLoader.construct_mapping(loader, node, deep)
+
+        Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+        return Loader
+
+
+def _yaml(text: str, where: str):
+    """YAML text parsed with duplicate keys refused; a syntax error becomes a ValueError naming `where`."""
+    import yaml
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader.build())
+    except yaml.constructor.ConstructorError as e:
+        if (e.problem or "").startswith("duplicate key"):
+            raise ValueError(f"{where}: {e.problem}: give each key once") from None
+        raise ValueError(f"{where}: not valid YAML ({' '.join(str(e).split())[:300]})") from None
+    except yaml.YAMLError as e:
+        first = " ".join(str(e).split())[:300]
+        raise ValueError(f"{where}: not valid YAML ({first})") from None
 
 
 def config_differences(stored: dict, cfg: TrainConfig, ignore=RESUMABLE) -> list[str]:
@@ -265,6 +342,25 @@ def _poly(base, epoch, epochs):
     return round(base * (1 - epoch / epochs) ** 0.9, 8)
 
 
+PLATEAU_WINDOW = 5     # validations in the moving average of the plateau rule
+
+
+def plateaued(history, tol: float, min_steps: int = 0, window: int = PLATEAU_WINDOW) -> bool:
+    """The plateau rule: the validation Dice, smoothed by a moving average over `window` validations, gained
+    less than `tol` over the last third of the run (in steps), and the run has taken at least `min_steps` steps.
+
+    A rule of the history alone, so a resumed run stops where an uninterrupted one did.
+    """
+    rows = [r for r in history if r.get("val_dice") is not None]
+    if not rows or rows[-1]["step"] < min_steps or len(rows) < 2 * window:
+        return False
+    dice = np.array([r["val_dice"] for r in rows], dtype=float)
+    smooth = np.convolve(dice, np.ones(window) / window, mode="valid")     # smooth[i] ends at rows[i + window - 1]
+    steps = np.array([r["step"] for r in rows])[window - 1:]
+    then = int(np.searchsorted(steps, steps[-1] * 2 / 3, side="right")) - 1
+    return then >= 0 and then < len(smooth) - 1 and float(smooth[-1] - smooth[then]) < tol
+
+
 def _finite_parameters(model) -> bool:
     """Whether every parameter is finite (one device synchronisation)."""
     return bool(torch.stack([torch.isfinite(p.detach()).all() for p in model.parameters()]).all())
@@ -290,7 +386,10 @@ class Trainer:
     """Trains `cfg.model` with `cfg.strategy`; `fit()` runs (or resumes) all epochs and returns the summary."""
 
     def __init__(self, cfg: TrainConfig, out: str | Path | None = None, callbacks=(), overwrite: bool = False):
-        self.cfg, self.out, self.callbacks = cfg, Path(out) if out else None, list(callbacks)
+        if out is not None and not str(out).strip():
+            raise ValueError("out is empty (an unset variable in --out \"$OUT\"?): give a run folder, or leave out "
+                             "out (None) to train without writing files")
+        self.cfg, self.out, self.callbacks = cfg, Path(out) if out is not None else None, list(callbacks)
         self.overwrite = overwrite
         self.rank, self.world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
         self.distributed = self.world > 1
@@ -300,6 +399,7 @@ class Trainer:
         if self.distributed:
             dev = rank_device(dev, int(os.environ.get("LOCAL_RANK", 0)))
         self.device = dev
+        self._threads_before = torch.get_num_threads()   # restored when fit() ends (one process runs many runs)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         seed_all(cfg.seed)
@@ -362,13 +462,22 @@ class Trainer:
         self._claim()
         atomic_save(self.state(), self.out / name)
 
-    def load(self, path):
+    def load(self, path, exact: bool = False):
+        """Continue the run of checkpoint `path`: its config must match (module docstring), epochs never shrink."""
         state = load_checkpoint(path)
-        diff = config_differences(state["config"], self.cfg)
+        diff = config_differences(state["config"], self.cfg, RUNTIME if exact else RESUMABLE)
+        if diff and exact:
+            raise ValueError(f"{Path(path).parent} holds a run of another config, so it cannot be reused for this "
+                             f"one (a runner reuses only identical runs, epochs included). Differences (stored -> "
+                             f"requested): {'; '.join(diff)}. Delete the folder, or use another output folder.")
         if diff:
             raise ValueError(f"{path} was trained with another config; resuming would mix two runs. Differences "
                              f"(stored -> requested): {'; '.join(diff)}. Keys that may change on resume: "
                              f"{', '.join(RESUMABLE)}. Use another --out, or --overwrite to start again.")
+        if state["epoch"] > self.cfg.epochs:
+            raise ValueError(f"{path} has trained {state['epoch']} epochs; resuming with epochs={self.cfg.epochs} "
+                             f"would leave a run whose config, checkpoint and summary disagree. Ask for at least "
+                             f"{state['epoch']} epochs, or train a new run (another --out, or --overwrite).")
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["optimizer"])
         self.epoch, self.step, self.best_dice = state["epoch"], state["step"], state["best_dice"]
@@ -483,6 +592,10 @@ class Trainer:
         self.opt.zero_grad(set_to_none=True)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             phi = self.net(torch.cat([moving, fixed], 1))
+        bad = int((~torch.isfinite(phi.detach())).sum())
+        if bad:      # before any strategy sees it: one message for every strategy
+            raise FloatingPointError(f"training diverged at step {self.step + 1} ({name}, lr {lr:g}): the network "
+                                     f"predicted {bad} non-finite displacement value(s); lower lr")
         step = Step(moving, fixed, ids, self.cfg, self.inner_lr, self._refine, self.teacher, self.cache)
         loss, logs = STRATEGIES[name](step, phi.float())
         total = float(loss.detach())
@@ -500,8 +613,8 @@ class Trainer:
 
     def train_epoch(self):
         cfg, epoch = self.cfg, self.epoch
-        lr = _poly(cfg.lr, epoch, cfg.epochs) if cfg.lr_schedule == "poly" else cfg.lr
-        self.inner_lr = _poly(cfg.inner_lr, epoch, cfg.epochs) if cfg.inner_lr_schedule == "poly" else cfg.inner_lr
+        lr = _poly(cfg.lr, epoch, cfg.horizon) if cfg.lr_schedule == "poly" else cfg.lr
+        self.inner_lr = _poly(cfg.inner_lr, epoch, cfg.horizon) if cfg.inner_lr_schedule == "poly" else cfg.inner_lr
         for group in self.opt.param_groups:
             group["lr"] = lr
         if hasattr(self.train_set, "set_epoch"):
@@ -531,6 +644,9 @@ class Trainer:
             guided += name != "unsupervised"
             for moving, fixed, ids in directions:
                 loss, logs = self._update(moving, fixed, ids, lr, name)
+                if "energy_after" in logs:      # the optimizer should lower its energy; count when it did not
+                    rose = logs["energy_after"] > logs["energy_before"] + ENERGY_RISE_TOL
+                    logs = {**logs, "energy_rise_share": float(rose)}
                 total += loss / len(directions)
                 for k, v in logs.items():       # averaged over the steps that log them (schedules mix strategies)
                     sums[k] = sums.get(k, 0.0) + v / len(directions)
@@ -543,6 +659,11 @@ class Trainer:
             if cfg.progress:
                 bar.set_postfix(loss=f"{total:.4f}")
         counts["loss"] = count
+        if sums.get("energy_rise_share", 0) > 0:
+            share = sums["energy_rise_share"] / counts["energy_rise_share"]
+            warnings.warn(f"epoch {epoch + 1}: the instance optimizer raised its energy (by > {ENERGY_RISE_TOL:g}) in "
+                          f"{100 * share:.0f} % of its refinements (inner_lr {self.inner_lr:g}): its pseudo labels are "
+                          f"worse than the prediction; lower inner_lr", RuntimeWarning, stacklevel=2)
         return {"epoch": epoch + 1, "step": self.step, "updates": self.updates, "lr": lr, "inner_lr": self.inner_lr,
                 "guided_share": guided / count, **{k: v / counts[k] for k, v in sums.items()},
                 "sec_per_step_network": self.timer["network"] / count,
@@ -559,19 +680,38 @@ class Trainer:
                 "val_unsup_loss": r["lncc"] + self.cfg.unsup_reg * r["grad_l2"]}
 
     # -- the loop ---------------------------------------------------------------------------------------
-    def fit(self, resume: bool = False) -> dict:
-        """Train all epochs. A folder holding a run needs `resume` (continue it) or `overwrite` (replace it)."""
+    def fit(self, resume: bool | str = False, exact: bool = False) -> dict:
+        """Train all epochs. A folder holding a run needs `resume` (continue it) or `overwrite` (replace it).
+
+        `resume=True` continues the folder's run and refuses a folder without one; `resume="auto"` continues
+        one if there is one and starts one if not. `exact=True` continues (or reuses, when finished) only a run of
+        the identical config (module docstring). The folder is claimed (`ofg_lib.runs`) until fit returns.
+        """
+        if resume not in (False, True, "auto"):
+            raise ValueError(f"resume must be False, True or 'auto', got {resume!r}")
+        try:
+            if self.out is None or self.rank != 0:
+                return self._fit(resume, exact)
+            with claim(self.out, "training run"):
+                return self._fit(resume, exact)
+        finally:
+            torch.set_num_threads(self._threads_before)
+
+    def _fit(self, resume, exact) -> dict:
         cfg = self.cfg
         existing = self.out is not None and (self.out / "checkpoint.pt").exists()
+        if resume is True and not existing:
+            where = f"{self.out} holds no run (no checkpoint.pt)" if self.out is not None else "no run folder given"
+            raise FileNotFoundError(f"nothing to resume: {where}. Leave out --resume (resume) to start a new run")
         if existing and resume:
-            self.load(self.out / "checkpoint.pt")
+            self.load(self.out / "checkpoint.pt", exact)
         elif existing and not self.overwrite:
             raise FileExistsError(f"{self.out} already holds a run (checkpoint.pt): pass --resume (resume=True) to "
                                   f"continue it, or --overwrite (overwrite=True) to replace it, or choose another "
                                   f"--out")
         if self.rank == 0 and not (existing and self.overwrite):
             self._claim()        # with overwrite, the old run stays until the new one writes its first checkpoint
-        while self.epoch < cfg.epochs:
+        while self.epoch < cfg.epochs and not self.stopped():
             row = self.train_epoch()
             last = self.epoch + 1 == cfg.epochs
             if self.rank == 0 and ((self.epoch + 1) % cfg.val_every == 0 or last):
@@ -589,6 +729,11 @@ class Trainer:
         # Ctrl-C (KeyboardInterrupt) is not caught: the checkpoint of the last finished epoch is already on disk,
         # and saving mid-epoch weights under that epoch's number would break bit-identical resumption.
         return self.summary()
+
+    def stopped(self) -> bool:
+        """Whether the plateau rule (`plateau_tol`) ends the run before `epochs`."""
+        return self.cfg.plateau_tol is not None and plateaued(self.history, self.cfg.plateau_tol,
+                                                              self.cfg.plateau_min_steps)
 
     def replicas_agree(self) -> bool | None:
         """Under DDP, whether every process holds the same weights (None when not distributed)."""
@@ -608,6 +753,7 @@ class Trainer:
              **{k: last_val.get(k) for k in ("val_dice", "val_dice_std", "fold_fraction", "fold_fraction_brain",
                                                 "sdlogj", "epe")},
              "best_val_dice": self.best_dice if self.best_dice >= 0 else None,
+             "stopped_early": self.epoch < self.cfg.epochs and self.stopped(),
              "sec_per_step_network": float(np.mean([r.get("sec_per_step_network", 0) for r in rows])),
              "sec_per_step_inner": float(np.mean([r.get("sec_per_step_inner", 0) for r in rows])),
              "sec_per_step_data": float(np.mean([r.get("sec_per_step_data", 0) for r in rows])),
@@ -620,12 +766,15 @@ class Trainer:
         return s
 
 
-def run(config, out=None, resume: bool = False, callbacks=(), overwrite: bool = False) -> dict:
+def run(config, out=None, resume: bool | str = False, callbacks=(), overwrite: bool = False,
+        exact: bool = False) -> dict:
     """Train from a config (dict, YAML path or TrainConfig) and return the summary dict.
 
     A folder that already holds a run is refused unless `resume=True` (continue it: the config must equal the
     stored one except for RESUMABLE keys) or `overwrite=True` (replace it: the old run's RUN_FILES are deleted
     when the new run writes its first checkpoint, at the end of its first epoch; nothing else in the folder).
+    `resume="auto"` resumes a run if the folder holds one and starts one if not; `exact=True` reuses only a run of
+    the identical config (see the module docstring). The process's torch thread count is restored afterwards.
     """
     if isinstance(config, dict):
         out = out if out is not None else config.get("out")
@@ -634,7 +783,11 @@ def run(config, out=None, resume: bool = False, callbacks=(), overwrite: bool = 
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other: continue the run or replace it")
     cfg = load_config(config)
-    return Trainer(cfg, out, callbacks, overwrite=overwrite).fit(resume=resume)
+    threads = torch.get_num_threads()
+    try:
+        return Trainer(cfg, out, callbacks, overwrite=overwrite).fit(resume=resume, exact=exact)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def main(argv=None):
@@ -647,13 +800,19 @@ def main(argv=None):
     what.add_argument("--overwrite", action="store_true",
                       help="replace OUT's run (its files are deleted when the new run writes its first checkpoint)")
     args = p.parse_args(argv)
+    if not args.out.strip():
+        p.error("--out is empty (an unset variable in --out \"$OUT\"?): give the run folder")
     try:
         cfg = load_config(args.config, args.set)
     except (ValueError, FileNotFoundError) as e:
         p.error(str(e))
     try:
         summary = Trainer(cfg, args.out, overwrite=args.overwrite).fit(resume=args.resume)
-    except (FileExistsError, ValueError, FileNotFoundError, FloatingPointError) as e:
+    except KeyboardInterrupt:
+        print(f"\nstopped; {args.out}/checkpoint.pt holds the last finished epoch (if any): continue with "
+              f"--resume", file=sys.stderr)
+        sys.exit(130)
+    except (FileExistsError, ValueError, FileNotFoundError, FloatingPointError, FolderBusyError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     if int(os.environ.get("RANK", 0)) == 0:

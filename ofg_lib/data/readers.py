@@ -35,6 +35,9 @@ def load_pkl(path: Path, length: int) -> tuple:
     if not isinstance(obj, (tuple, list)) or len(obj) != length or not all(isinstance(a, np.ndarray) for a in obj):
         kind = f"a {type(obj).__name__} of {len(obj)}" if isinstance(obj, (tuple, list)) else type(obj).__name__
         raise ValueError(f"{path}: expected a tuple of {length} numpy arrays, found {kind}")
+    odd = [f"item {i}: dtype {a.dtype}" for i, a in enumerate(obj) if a.dtype.kind not in "biuf"]
+    if odd:
+        raise ValueError(f"{path}: expected numeric arrays (image and labels), found {', '.join(odd)}")
     return tuple(obj)
 
 

@@ -131,7 +131,13 @@ class OASIS(Dataset):
     def _init_nifti(self, subjects):
         if not subjects:
             raise FileNotFoundError(f"{self.root}: no OASIS_OAS1_XXXX_MR1 folders")
-        number = {s: int(re.search(r"OAS1_(\d+)_MR1", s.name).group(1)) for s in subjects}
+        names = {s: re.fullmatch(r"OASIS_OAS1_(\d+)_MR1", s.name) for s in subjects}
+        odd = sorted(s.name for s, m in names.items() if m is None)
+        if odd:
+            raise ValueError(f"{self.root}: folder(s) {', '.join(odd[:5])}{' ...' if len(odd) > 5 else ''} look like "
+                             "OASIS subjects but are not named OASIS_OAS1_<number>_MR1 (the subject number decides "
+                             "the split): rename or move them")
+        number = {s: int(m.group(1)) for s, m in names.items()}
         pick = {"val": lambda n: n in self.VAL_IDS, "test": lambda n: n >= self.TEST_FROM,
                 "train": lambda n: n not in self.VAL_IDS and n < self.TEST_FROM}[self.split]
         self.subjects = [s for s in subjects if pick(number[s])]
