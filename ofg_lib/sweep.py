@@ -24,7 +24,8 @@ import numpy as np
 from .compare import _score, mean_curve, train_history
 from .paths import atomic_write, load_checkpoint, write_json
 
-__all__ = ["points", "folder_name", "sweep", "run_curves", "measure_step", "SWEEP_METRICS"]
+__all__ = ["points", "folder_name", "sweep", "run_curves", "measure_step", "SWEEP_METRICS", "CLAIMS",
+           "ablation_verdicts", "verdicts_markdown"]
 
 SWEEP_METRICS = ("val_dice", "epe", "fold_fraction", "fold_fraction_brain", "sdlogj", "val_unsup_loss")
 # Costs per point. Not memory: on a CPU `peak_memory_mb` is the whole process's peak, so in a sweep it depends on
@@ -145,3 +146,91 @@ def measure_step(cfg: dict, steps: int = 3, timeout: int = 900) -> dict:
     if r.returncode:
         raise RuntimeError(f"measuring {cfg} failed:\n{r.stderr[-2000:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+# The paper's ablation claims, each "this change costs Dice against full OFG", with the sweep table (a NAME.json
+# of `sweep`) that tests it, and whether it leans on the unsupervised loss (then it presupposes that full OFG
+# beats unsupervised training: `ofg_lib.stats`). Points of a table not named in `points` are all taken.
+CLAIMS = [
+    {"claim": "self-training below OFG (Fig. 5)", "table": "fig5", "needs_premise": False,
+     "note": "the teacher is the seed-0 unsupervised run at the same short budget, not a well-trained one"},
+    {"claim": "epoch-interval guidance below OFG (Fig. 6)", "table": "fig6_interval", "needs_premise": True},
+    {"claim": "threshold guidance below OFG (Fig. 6)", "table": "fig6_threshold", "needs_premise": True},
+    {"claim": "adding L_sim below OFG (Fig. 6, Eq. 7)", "table": "fig6_mix", "needs_premise": True},
+    {"claim": "an unsupervised warm-up below OFG (Fig. 7)", "table": "fig7", "needs_premise": True,
+     "points": ["warmup-unsupervised"]},
+    {"claim": "a fixed-label warm-up below OFG (Fig. 7)", "table": "fig7", "needs_premise": False,
+     "points": ["warmup-self-training", "warmup-optimized-self-training"]},
+    {"claim": "other optimizer designs below OFG (Tables 3, 4)", "table": "table34", "needs_premise": False,
+     "note": "not the paper's designs yet: the network optimizer is a per-epoch copy of the main model (its labels "
+             "lag by construction), the downsampled one evaluates its energy at full resolution"},
+]
+
+
+def ablation_verdicts(tables: dict, premise_table: dict, claims=CLAIMS, metric: str = "val_dice") -> dict:
+    """Verdicts of the paper's ablation claims, computed from sweep results (`ofg_lib.stats.claim_verdict`).
+
+    `tables`: {table name: sweep result} as in CLAIMS; `premise_table`: a sweep result holding the point
+    `strategy=unsupervised` against full OFG (unsupervised - OFG per seed). Returns the premise and one row per
+    (claim, point): the paired difference (point - full OFG), its interval and the verdict.
+    """
+    from .stats import claim_verdict, interval, premise_holds
+    ref = next((r for r in premise_table["rows"] if r["overrides"] == {"strategy": "unsupervised"}), None)
+    if ref is None:
+        raise ValueError("the premise table has no point strategy=unsupervised (against full OFG)")
+    ofg_minus_unsup = [-v for v in ref[metric]["per_seed"]]
+    premise = premise_holds(ofg_minus_unsup)
+    rows = []
+    for c in claims:
+        result = tables.get(c["table"])
+        if result is None:
+            continue
+        for r in result["rows"]:
+            if c.get("points") and r["point"] not in c["points"]:
+                continue
+            v = claim_verdict(r[metric]["per_seed"], c["needs_premise"], premise)
+            rows.append({"claim": c["claim"], "table": c["table"], "point": r["point"], "needs_premise": c["needs_premise"],
+                         "note": c.get("note"), "reference": r[metric]["reference"], **v})
+    return {"metric": metric, "premise": {"holds": premise, **interval(ofg_minus_unsup)}, "rows": rows}
+
+
+def verdicts_markdown(v: dict) -> str:
+    """The verdict table, and the premise it was computed under, as Markdown (every word from the numbers)."""
+    p = v["premise"]
+    ci = f"[{p['low']:+.4f}, {p['high']:+.4f}]" if p["low"] is not None else "(one seed: no interval)"
+    lines = [f"Premise (full OFG beats unsupervised training, {v['metric']}): OFG - unsupervised {p['mean']:+.4f}, "
+             f"95 % CI {ci}, OFG ahead in {p['ahead']} of {p['n']} seeds: **{'holds' if p['holds'] else 'not established'}**. "
+             "Claims marked * lean on the unsupervised loss and are testable only where the premise holds.", "",
+             "| claim | point | change - full OFG | 95 % CI (t, ddof 1) | seeds below / above | verdict |",
+             "|---|---|---|---|---|---|"]
+    for r in v["rows"]:
+        ci = f"[{r['low']:+.4f}, {r['high']:+.4f}]" if r["low"] is not None else "-"
+        lines.append(f"| {r['claim']}{' *' if r['needs_premise'] else ''} | {r['point']} | {r['mean']:+.4f} | {ci} | "
+                     f"{r['behind']} / {r['ahead']} | {r['verdict']} |")
+    counts = {k: sum(r["verdict"] == k for r in v["rows"]) for k in ("holds", "contradicted", "unresolved",
+                                                                      "not testable here")}
+    notes = dict.fromkeys((r["claim"], r["note"]) for r in v["rows"] if r.get("note"))
+    lines += [""] + [f"- {claim}: {note}." for claim, note in notes]
+    lines += ["", "Verdicts: " + ", ".join(f"{n} {k}" for k, n in counts.items()) + f" (of {len(v['rows'])} points)."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    import argparse
+    p = argparse.ArgumentParser(prog="python -m ofg_lib.sweep",
+                                description="Recompute the ablation verdicts from a folder of sweep tables.")
+    p.add_argument("folder", help="a folder of sweep NAME.json files with core.json (e.g. reports/ablations)")
+    a = p.parse_args(argv)
+    folder = Path(a.folder)
+    if not (folder / "core.json").is_file():
+        p.error(f"{folder}/core.json not found: the premise table (unsupervised against full OFG)")
+    tables = {c["table"]: json.loads((folder / f"{c['table']}.json").read_text())
+              for c in CLAIMS if (folder / f"{c['table']}.json").is_file()}
+    v = ablation_verdicts(tables, json.loads((folder / "core.json").read_text()))
+    write_json(folder / "verdicts.json", v)
+    atomic_write(folder / "verdicts.md", verdicts_markdown(v))
+    print(verdicts_markdown(v))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,241 @@
+"""Training to a plateau: does OFG overtake unsupervised training when both are trained long enough? (issue 19)
+
+    python -m ofg_lib.converge --spec configs/studies/converge.yaml         # resumable; summary in reports/converge/
+    result = ofg_lib.converge.run_converge(spec, out="results/converge")
+
+The earlier study scored every run in its last epochs, where the published poly schedule has annealed the inner
+lr to nearly zero (OFG is then switched off), and stopped far from convergence. Here each run keeps its lrs
+(`lr_schedule: constant`, or a poly schedule whose horizon `schedule_epochs` is much longer than the run) and
+trains until the plateau rule of `ofg_lib.train.plateaued` holds on its validation curve, capped at
+`epochs` x `steps_per_epoch` steps. Scores:
+
+- the headline: each run's **best-validation checkpoint scored on the test split** (selection on validation,
+  reporting on held-out pairs, as the paper does), beside the mean of its last `last_k` validations;
+- per metric, OFG minus unsupervised paired by seed, with a 95 % t interval (ddof 1) and the sign count;
+- the seed-mean learning curves and the steps at which their difference changes sign (the crossover).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .compare import train_history
+from .evaluate import score_run
+from .paths import atomic_write, resolve, write_json
+from .stats import interval
+
+__all__ = ["paired_rows", "crossings", "seed_curves", "run_converge", "markdown", "plot_curves",
+           "plot_pareto", "STRATEGIES"]
+
+STRATEGIES = ("unsupervised", "ofg")
+METRICS = ("dice", "fold_fraction", "sdlogj", "epe")
+
+
+def seed_curves(histories: list, metric: str = "val_dice"):
+    """(steps, values[seed, validation]) over the validation steps every run reached (runs may stop early)."""
+    rows = [{r["step"]: r[metric] for r in h if r.get(metric) is not None} for h in histories]
+    common = sorted(set.intersection(*(set(r) for r in rows)))
+    return np.array(common), np.array([[r[s] for s in common] for r in rows], dtype=float)
+
+
+def crossings(steps, difference, window: int = 5) -> list[dict]:
+    """Where the seed-mean difference (OFG - unsupervised), smoothed over `window` validations, changes sign."""
+    if len(difference) < window:
+        return []
+    smooth = np.convolve(difference, np.ones(window) / window, mode="valid")
+    at = np.asarray(steps)[window - 1:]
+    out = []
+    for i in range(1, len(smooth)):
+        if np.sign(smooth[i]) != np.sign(smooth[i - 1]) and smooth[i] != 0:
+            out.append({"step": int(at[i]), "to": "ofg ahead" if smooth[i] > 0 else "unsupervised ahead"})
+    return out
+
+
+def paired_rows(scores: dict, seeds, a: str = "unsupervised", b: str = "ofg", metrics=METRICS) -> list[dict]:
+    """One row per metric: both strategies' mean and std (ddof 1) over seeds, and the paired difference b - a."""
+    rows = []
+    for m in metrics:
+        va = [scores[(a, s)].get(m) for s in seeds]
+        vb = [scores[(b, s)].get(m) for s in seeds]
+        if any(v is None for v in va + vb):
+            continue
+        ddof = 1 if len(seeds) > 1 else 0
+        rows.append({"metric": m, a: float(np.mean(va)), f"{a}_std": float(np.std(va, ddof=ddof)),
+                     b: float(np.mean(vb)), f"{b}_std": float(np.std(vb, ddof=ddof)),
+                     "per_seed": (np.array(vb) - np.array(va)).tolist(),
+                     **{f"difference_{k}": v for k, v in interval(np.array(vb) - np.array(va)).items()}})
+    return rows
+
+
+def _last_k(history, k: int) -> dict:
+    rows = [r for r in history if r.get("val_dice") is not None][-k:]
+    keys = {"dice": "val_dice", "fold_fraction": "fold_fraction", "sdlogj": "sdlogj", "epe": "epe"}
+    return {m: (float(np.mean([r[v] for r in rows])) if rows and rows[0].get(v) is not None else None)
+            for m, v in keys.items()}
+
+
+def run_converge(spec: dict, out, log=print) -> dict:
+    """Train (or reuse) every arm x strategy x seed of `spec` under `out`; write converge.json there.
+
+    `spec`: base (TrainConfig keys shared by all runs), setting (a name of `ofg_lib.study.SETTINGS`), arms
+    ({name: overrides}, e.g. constant and long-poly schedules), seeds, test_pairs, last_k. Runs go seed by seed,
+    both strategies of a seed together, so an interrupted study still has complete pairs.
+    """
+    from .study import identity_scores, setting_config
+    out = Path(out)
+    base = {**spec["base"], **setting_config(spec["setting"], spec["base"]["img_size"])}
+    seeds, k, n_test = list(spec["seeds"]), int(spec.get("last_k", 3)), spec.get("test_pairs")
+    result = {"spec": spec, "identity": identity_scores(base), "arms": {}}
+    for arm, overrides in spec["arms"].items():
+        hist, test, last, meta = {}, {}, {}, {}
+        for seed in seeds:
+            for strat in STRATEGIES:
+                folder = out / arm / f"{strat}-seed{seed}"
+                log(f"[converge] {arm}: {strat} seed {seed}")
+                t0 = time.perf_counter()
+                h = train_history({**base, **overrides, "strategy": strat, "seed": seed}, folder)
+                hist[(strat, seed)] = h
+                test[(strat, seed)] = score_run(folder, "test", n_test, "best")
+                last[(strat, seed)] = _last_k(h, k)
+                meta[(strat, seed)] = {"steps": h[-1]["step"], "best_step": test[(strat, seed)]["step"],
+                                       "sec_per_step": float(np.median([r["sec_per_step_network"]
+                                                                        + r["sec_per_step_inner"] for r in h])),
+                                       "wall_s_this_call": time.perf_counter() - t0}
+            done = [s for s in seeds if all((st, s) in hist for st in STRATEGIES)]
+            steps, unsup = seed_curves([hist[("unsupervised", s)] for s in done])
+            _, ofg = seed_curves([hist[("ofg", s)] for s in done])
+            diff = (ofg - unsup).mean(0)
+            result["arms"][arm] = {
+                "overrides": overrides, "seeds": done,
+                "test_best": paired_rows(test, done), "last_k": paired_rows(last, done),
+                "runs": {f"{st}/{s}": meta[(st, s)] for st in STRATEGIES for s in done},
+                "curve": {"step": steps.tolist(), "unsupervised": unsup.mean(0).tolist(), "ofg": ofg.mean(0).tolist(),
+                          "difference": diff.tolist(),
+                          "difference_per_seed": (ofg - unsup).tolist()},
+                "crossings": crossings(steps, diff),
+                "points": [{"strategy": st, "seed": s, **{m: test[(st, s)][m] for m in METRICS}} for st in STRATEGIES
+                           for s in done]}
+            write_json(out / "converge.json", result)
+            atomic_write(out / "converge.md", markdown(result))
+    return result
+
+
+def markdown(result: dict) -> str:
+    """The tables of a converge result, every sentence built from its numbers."""
+    spec = result["spec"]
+    b = spec["base"]
+    lines = [f"Setting **{spec['setting']}** at {'x'.join(map(str, b['img_size']))}, {b['model']}, network lr "
+             f"{b.get('lr')}, at most {b['epochs'] * b['steps_per_epoch']} steps ({b['epochs']} epochs x "
+             f"{b['steps_per_epoch']}), validation on {b.get('val_pairs', 10)} pairs every "
+             f"{b.get('val_every', 1)} epoch(s), plateau rule: smoothed validation Dice gains < "
+             f"{b.get('plateau_tol')} over the last third (not before {b.get('plateau_min_steps', 0)} steps). "
+             f"Identity: Dice {result['identity']['dice']:.3f}, EPE {result['identity']['epe']:.2f} voxels.", ""]
+    names = {"dice": "Dice", "fold_fraction": "folds %", "sdlogj": "SDlogJ", "epe": "EPE (vox)"}
+    for arm, r in result["arms"].items():
+        lines += [f"## {arm}: {json.dumps(r['overrides'])}", "",
+                  f"Seeds {r['seeds']} ({len(r['seeds'])} pairs). Headline: best-validation checkpoint on "
+                  f"{spec.get('test_pairs') or 'all'} test pairs; OFG - unsupervised paired by seed, 95 % t "
+                  "interval (ddof 1), seeds where OFG is ahead / behind.", ""]
+        for title, rows in (("best checkpoint, test split", r["test_best"]),
+                            (f"mean of the last {spec.get('last_k', 3)} validations", r["last_k"])):
+            lines += [f"**{title}**", "", "| metric | unsupervised | OFG | OFG - unsupervised [95 % CI] | ahead/behind |",
+                      "|---|---|---|---|---|"]
+            for row in rows:
+                f = 100 if row["metric"].startswith("fold") else 1
+                ci = ("" if row["difference_low"] is None else
+                      f" [{f * row['difference_low']:+.4f}, {f * row['difference_high']:+.4f}]")
+                lines.append(f"| {names[row['metric']]} | {f * row['unsupervised']:.4f} ± {f * row['unsupervised_std']:.4f} "
+                             f"| {f * row['ofg']:.4f} ± {f * row['ofg_std']:.4f} | {f * row['difference_mean']:+.4f}{ci} "
+                             f"| {row['difference_ahead']}/{row['difference_behind']} |")
+            lines.append("")
+        runs = r["runs"]
+        lines += ["| run | steps trained | best-validation step | s/step |", "|---|---|---|---|"]
+        lines += [f"| {k} | {v['steps']} | {v['best_step']} | {v['sec_per_step']:.4f} |" for k, v in runs.items()]
+        lines.append("")
+        lines.append(verdict(r))
+        lines.append("")
+    return "\n".join(lines)
+
+
+def verdict(arm: dict) -> str:
+    """One sentence on the headline Dice row and the crossover, computed from the arm's numbers."""
+    row = next((x for x in arm["test_best"] if x["metric"] == "dice"), None)
+    if row is None:
+        return "No Dice row yet."
+    if row["difference_low"] is None:
+        what = f"one seed pair only: OFG - unsupervised {row['difference_mean']:+.4f} Dice (no interval)"
+    elif row["difference_significant"]:
+        side = "ahead of" if row["difference_mean"] > 0 else "behind"
+        what = (f"OFG is {side} unsupervised training on the test split by {row['difference_mean']:+.4f} Dice "
+                f"(95 % CI [{row['difference_low']:+.4f}, {row['difference_high']:+.4f}], excludes 0)")
+    else:
+        what = (f"no difference resolved on the test split: {row['difference_mean']:+.4f} Dice "
+                f"(95 % CI [{row['difference_low']:+.4f}, {row['difference_high']:+.4f}] includes 0)")
+    cross = arm["crossings"]
+    cross_txt = ("the smoothed seed-mean curves never cross" if not cross else
+                 "the smoothed seed-mean curves change order at step(s) "
+                 + ", ".join(f"{c['step']} ({c['to']})" for c in cross))
+    return f"Verdict ({len(arm['seeds'])} seeds): {what}; {cross_txt}."
+
+
+def plot_curves(result: dict, arm: str, ax=None):
+    """Seed-mean validation Dice of both strategies along training, and their difference (twin axis)."""
+    import matplotlib.pyplot as plt
+    c = result["arms"][arm]["curve"]
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 3.5))
+    ax.plot(c["step"], c["unsupervised"], label="unsupervised")
+    ax.plot(c["step"], c["ofg"], label="OFG")
+    ax.set_xlabel("step")
+    ax.set_ylabel("validation Dice (seed mean)")
+    tw = ax.twinx()
+    tw.plot(c["step"], c["difference"], color="gray", lw=0.8, label="OFG - unsupervised")
+    tw.axhline(0, color="gray", lw=0.5, ls=":")
+    tw.set_ylabel("difference", color="gray")
+    ax.legend(loc="lower right")
+    ax.set_title(f"{result['spec']['setting']}, {arm}")
+    return ax
+
+
+def plot_pareto(points: list[dict], x: str = "fold_fraction", ax=None, label_key: str = "label"):
+    """Dice against folds (or SDlogJ): one point per run, coloured by its label (strategy and weight)."""
+    import matplotlib.pyplot as plt
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 4))
+    for lab in dict.fromkeys(p[label_key] for p in points):
+        mine = [p for p in points if p[label_key] == lab]
+        ax.scatter([p[x] * (100 if x.startswith("fold") else 1) for p in mine], [p["dice"] for p in mine], label=lab)
+    ax.set_xlabel({"fold_fraction": "folds (% of voxels)", "sdlogj": "SDlogJ"}.get(x, x))
+    ax.set_ylabel("test Dice (best checkpoint)")
+    ax.legend(fontsize=7)
+    return ax
+
+
+def main(argv=None):
+    import torch
+    import yaml
+    p = argparse.ArgumentParser(prog="python -m ofg_lib.converge", description=__doc__.split("\n\n")[0])
+    p.add_argument("--spec", default="configs/studies/converge.yaml", help="YAML spec (see run_converge)")
+    p.add_argument("--report", default="reports/converge", help="folder of the committed summary")
+    args = p.parse_args(argv)
+    spec = yaml.safe_load(resolve(args.spec).read_text())
+    t0 = time.perf_counter()
+    result = run_converge(spec, resolve(spec.get("run_dir", "results/converge")))
+    report = resolve(args.report)
+    report.mkdir(parents=True, exist_ok=True)
+    result["wall_s_this_call"] = time.perf_counter() - t0
+    result["machine"] = f"{os.cpu_count()} CPU cores ({platform.machine()}), torch threads {torch.get_num_threads()}"
+    write_json(report / "converge.json", result)
+    atomic_write(report / "converge.md", markdown(result))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()

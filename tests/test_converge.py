@@ -1,0 +1,178 @@
+"""Issue 19's machinery: schedule length apart from run length, the plateau rule, test-split scoring of the best
+checkpoint, paired intervals, crossovers, and premise-aware ablation verdicts."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ofg_lib import train
+from ofg_lib.converge import crossings, markdown, run_converge, seed_curves
+from ofg_lib.data import from_config
+from ofg_lib.evaluate import evaluate, load_model, score_run
+from ofg_lib.paths import load_checkpoint
+from ofg_lib.stats import claim_verdict, interval, premise_holds
+from ofg_lib.sweep import CLAIMS, ablation_verdicts, verdicts_markdown
+
+TINY_2D = {"model": "voxelmorph-1-tiny", "img_size": [32, 48], "epochs": 2, "steps_per_epoch": 3, "val_pairs": 2,
+           "lr": 1e-3, "inner_steps": 2, "progress": False, "threads": 1}
+
+pytestmark = pytest.mark.usefixtures("cohort_cache")
+
+
+# --------------------------------------------------------------------------------------- schedule_epochs
+def test_a_run_stopped_on_a_longer_schedule_is_the_start_of_that_schedule(tmp_path):
+    short = train.run({**TINY_2D, "epochs": 2, "schedule_epochs": 4}, out=tmp_path / "short")
+    train.run({**TINY_2D, "epochs": 4}, out=tmp_path / "long")
+    hs = load_checkpoint(tmp_path / "short" / "checkpoint.pt")["history"]
+    hl = load_checkpoint(tmp_path / "long" / "checkpoint.pt")["history"]
+    for a, b in zip(hs, hl[:2]):
+        assert a["lr"] == b["lr"] and a["inner_lr"] == b["inner_lr"] and a["loss"] == b["loss"]
+    assert hs[1]["lr"] == pytest.approx(1e-3 * (1 - 1 / 4) ** 0.9, abs=1e-8)
+    assert hs[1]["inner_lr"] == pytest.approx(0.1 * (1 - 1 / 4) ** 0.9, abs=1e-8)
+    # a run's own length is the default horizon: the 2-epoch run without schedule_epochs decays faster
+    plain = train.run({**TINY_2D, "epochs": 2})
+    assert short["epochs"] == plain["epochs"] == 2
+    assert load_checkpoint(tmp_path / "short" / "checkpoint.pt")["history"][1]["lr"] > 1e-3 * 0.5 ** 0.9 - 1e-9
+
+
+def test_schedule_epochs_must_cover_the_run():
+    with pytest.raises(ValueError, match=r"schedule_epochs must be null or at least epochs \(5\)"):
+        train.load_config({**TINY_2D, "epochs": 5, "schedule_epochs": 4})
+
+
+# ------------------------------------------------------------------------------------------ plateau rule
+def _hist(values, every=100):
+    return [{"step": every * (i + 1), "val_dice": v} for i, v in enumerate(values)]
+
+
+def test_the_plateau_rule():
+    rising = np.linspace(0.5, 0.8, 30).tolist()
+    assert not train.plateaued(_hist(rising), 0.002)
+    flat = rising[:15] + [0.8] * 15
+    assert train.plateaued(_hist(flat), 0.002)
+    assert not train.plateaued(_hist(flat), 0.002, min_steps=10_000)   # not before min_steps
+    assert not train.plateaued(_hist([0.8] * 9), 0.002)                 # fewer than two windows
+    falling = rising[:15] + np.linspace(0.8, 0.7, 15).tolist()         # a decline is no gain either
+    assert train.plateaued(_hist(falling), 0.002)
+    # by hand: smoothed over 5, last third of 3000 steps starts at step 2000
+    noisy = (0.7 + 0.01 * np.sin(np.arange(30))).tolist()
+    smooth = np.convolve(noisy, np.ones(5) / 5, "valid")
+    gain = smooth[-1] - smooth[2000 // 100 - 5]
+    assert train.plateaued(_hist(noisy), 0.002) == (gain < 0.002)
+
+
+def test_a_plateaued_run_stops_early_and_stays_stopped(tmp_path):
+    cfg = {**TINY_2D, "epochs": 30, "steps_per_epoch": 1, "plateau_tol": 1.0}     # any gain < 1: stop at 10
+    s = train.run(cfg, out=tmp_path / "p")
+    assert s["epochs"] == 10 and s["stopped_early"] is True
+    stamp = (tmp_path / "p" / "checkpoint.pt").stat().st_mtime_ns
+    assert train.run(cfg, out=tmp_path / "p", resume="auto", exact=True)["epochs"] == 10
+    assert (tmp_path / "p" / "checkpoint.pt").stat().st_mtime_ns == stamp
+
+
+# ------------------------------------------------------------------------------------ test-split scoring
+def test_score_run_scores_the_best_checkpoint_on_held_out_pairs(tmp_path):
+    out = tmp_path / "r"
+    train.run({**TINY_2D, "epochs": 3}, out=out)
+    s = score_run(out, "test", 4, "best")
+    model, cfg = load_model(out / "best.pt")
+    ref = evaluate(model, from_config(cfg, "test"), 4, time_repeats=0)
+    assert s["dice"] == pytest.approx(ref["dice"], abs=1e-12) and s["pairs"] == 4 and s["split"] == "test"
+    val = evaluate(model, from_config(cfg, "val"), 4, time_repeats=0)
+    assert s["dice"] != val["dice"]                                    # other pairs than the validation's
+    best = load_checkpoint(out / "best.pt")
+    assert s["step"] == best["step"]
+    # the cache follows the checkpoint: a changed best.pt is scored again
+    cache = out / "score-best-test-4.json"
+    data = json.loads(cache.read_text())
+    cache.write_text(json.dumps({**data, "dice": -1.0}))
+    assert score_run(out, "test", 4, "best")["dice"] == -1.0             # same step: the cached value
+    cache.write_text(json.dumps({**data, "dice": -1.0, "step": -5}))
+    assert score_run(out, "test", 4, "best")["dice"] == pytest.approx(ref["dice"], abs=1e-12)
+
+
+# -------------------------------------------------------------------------------------------- statistics
+def test_interval_against_a_hand_computed_t_interval():
+    d = [0.01, 0.02, -0.005, 0.015, 0.004]
+    m, sd = np.mean(d), np.std(d, ddof=1)
+    t = 2.7764451051977987                       # t(0.975, 4)
+    iv = interval(d)
+    assert iv["mean"] == pytest.approx(m) and iv["std"] == pytest.approx(sd)
+    assert iv["low"] == pytest.approx(m - t * sd / math.sqrt(5)) and iv["high"] == pytest.approx(m + t * sd / math.sqrt(5))
+    assert (iv["ahead"], iv["behind"], iv["significant"]) == (4, 1, False)
+    assert interval([0.01])["low"] is None
+    with pytest.raises(ValueError, match="finite"):
+        interval([0.1, float("nan")])
+
+
+def test_claim_verdicts_and_the_premise():
+    below = [-0.02, -0.021, -0.019]
+    assert claim_verdict(below)["verdict"] == "holds"
+    assert claim_verdict([0.02, 0.021, 0.019])["verdict"] == "contradicted"
+    assert claim_verdict([-0.02, 0.01, 0.005])["verdict"] == "unresolved"
+    assert claim_verdict(below, needs_premise=True, premise=False)["verdict"] == "not testable here"
+    assert claim_verdict(below, needs_premise=True, premise=True)["verdict"] == "holds"
+    assert premise_holds([0.01, 0.012, 0.011]) and not premise_holds([0.01, -0.01, 0.011])
+
+
+def _table(points):
+    return {"rows": [{"point": p, "overrides": o, "val_dice": {"per_seed": d, "reference": 0.9}}
+                     for p, o, d in points]}
+
+
+def test_ablation_verdicts_are_computed_under_the_premise():
+    tables = {"fig6_interval": _table([("ofg_every=2", {"ofg_every": 2}, [-0.02, -0.021, -0.019])]),
+              "table34": _table([("optimizer_design=network", {}, [-0.05, -0.051, -0.049])])}
+    ofg_loses = _table([("strategy=unsupervised", {"strategy": "unsupervised"}, [0.005, 0.006, 0.007])])
+    ofg_wins = _table([("strategy=unsupervised", {"strategy": "unsupervised"}, [-0.005, -0.006, -0.007])])
+    v = ablation_verdicts(tables, ofg_loses)
+    got = {r["point"]: r["verdict"] for r in v["rows"]}
+    assert got == {"ofg_every=2": "not testable here", "optimizer_design=network": "holds"}
+    assert v["premise"]["holds"] is False
+    assert {r["point"]: r["verdict"] for r in ablation_verdicts(tables, ofg_wins)["rows"]}["ofg_every=2"] == "holds"
+    text = verdicts_markdown(v)
+    assert "not established" in text and "1 holds, 0 contradicted, 0 unresolved, 1 not testable here" in text
+    assert {c["table"] for c in CLAIMS} >= {"fig5", "fig6_interval", "fig6_threshold", "fig6_mix", "fig7", "table34"}
+
+
+def test_the_committed_ablation_verdicts_are_the_computed_ones():
+    from pathlib import Path
+    folder = Path(__file__).resolve().parents[1] / "reports" / "ablations"
+    tables = {c["table"]: json.loads((folder / f"{c['table']}.json").read_text()) for c in CLAIMS}
+    v = ablation_verdicts(tables, json.loads((folder / "core.json").read_text()))
+    assert (folder / "verdicts.md").read_text() == verdicts_markdown(v)
+
+
+# ------------------------------------------------------------------------------------ curves and crossover
+def test_crossings_of_a_smoothed_difference():
+    steps = np.arange(1, 41) * 100
+    diff = np.concatenate([np.full(20, -0.01), np.full(20, 0.01)])
+    c = crossings(steps, diff, window=5)
+    assert len(c) == 1 and c[0]["to"] == "ofg ahead" and 2100 <= c[0]["step"] <= 2500
+    assert crossings(steps, np.full(40, -0.01)) == []
+
+
+def test_seed_curves_keep_the_steps_every_run_reached():
+    a = _hist([0.1, 0.2, 0.3])
+    b = _hist([0.2, 0.3])
+    steps, vals = seed_curves([a, b])
+    assert steps.tolist() == [100, 200] and vals.tolist() == [[0.1, 0.2], [0.2, 0.3]]
+
+
+def test_run_converge_end_to_end(tmp_path):
+    spec = {"setting": "realistic", "seeds": [0, 1], "test_pairs": 3, "last_k": 2,
+            "base": {**TINY_2D, "epochs": 2, "steps_per_epoch": 2, "lr_schedule": "constant",
+                     "inner_lr_schedule": "constant"},
+            "arms": {"constant": {}}}
+    r = run_converge(spec, tmp_path / "c", log=lambda m: None)
+    arm = r["arms"]["constant"]
+    assert arm["seeds"] == [0, 1] and len(arm["points"]) == 4
+    dice = next(x for x in arm["test_best"] if x["metric"] == "dice")
+    assert dice["per_seed"] == pytest.approx(
+        [score_run(tmp_path / "c" / "constant" / f"ofg-seed{s}", "test", 3)["dice"]
+         - score_run(tmp_path / "c" / "constant" / f"unsupervised-seed{s}", "test", 3)["dice"] for s in (0, 1)])
+    text = markdown(r)
+    assert "Verdict (2 seeds)" in text and "best checkpoint, test split" in text
+    assert (tmp_path / "c" / "converge.json").exists()
