@@ -109,13 +109,18 @@ def run_converge(spec: dict, out, log=print) -> dict:
                                                                         + r["sec_per_step_inner"] for r in h])),
                                        "wall_s_this_call": time.perf_counter() - t0}
             done = [s for s in seeds if all((st, s) in hist for st in STRATEGIES)]
-            steps, unsup = seed_curves([hist[("unsupervised", s)] for s in done])
-            _, ofg = seed_curves([hist[("ofg", s)] for s in done])
+            # each strategy's curve over the steps all its seeds reached; the difference over the steps every
+            # run of both strategies reached (runs stop at their own plateau)
+            own = {st: seed_curves([hist[(st, s)] for s in done]) for st in STRATEGIES}
+            steps, both = seed_curves([hist[(st, s)] for st in STRATEGIES for s in done])
+            unsup, ofg = both[:len(done)], both[len(done):]
             diff = (ofg - unsup).mean(0)
             result["arms"][arm] = {
                 "overrides": overrides, "seeds": done,
                 "test_best": paired_rows(test, done), "last_k": paired_rows(last, done),
                 "runs": {f"{st}/{s}": meta[(st, s)] for st in STRATEGIES for s in done},
+                "curves": {st: {"step": own[st][0].tolist(), "mean": own[st][1].mean(0).tolist(),
+                                "per_seed": own[st][1].tolist()} for st in STRATEGIES},
                 "curve": {"step": steps.tolist(), "unsupervised": unsup.mean(0).tolist(), "ofg": ofg.mean(0).tolist(),
                           "difference": diff.tolist(),
                           "difference_per_seed": (ofg - unsup).tolist()},
@@ -188,11 +193,14 @@ def verdict(arm: dict) -> str:
 def plot_curves(result: dict, arm: str, ax=None):
     """Seed-mean validation Dice of both strategies along training, and their difference (twin axis)."""
     import matplotlib.pyplot as plt
-    c = result["arms"][arm]["curve"]
+    r = result["arms"][arm]
+    c = r["curve"]
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 3.5))
-    ax.plot(c["step"], c["unsupervised"], label="unsupervised")
-    ax.plot(c["step"], c["ofg"], label="OFG")
+    for st, name in (("unsupervised", "unsupervised"), ("ofg", "OFG")):
+        line, = ax.plot(r["curves"][st]["step"], r["curves"][st]["mean"], label=f"{name} (mean of {len(r['seeds'])})")
+        for y in r["curves"][st]["per_seed"]:
+            ax.plot(r["curves"][st]["step"], y, color=line.get_color(), lw=0.4, alpha=0.4)
     ax.set_xlabel("step")
     ax.set_ylabel("validation Dice (seed mean)")
     tw = ax.twinx()

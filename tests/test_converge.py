@@ -169,6 +169,7 @@ def test_run_converge_end_to_end(tmp_path):
     r = run_converge(spec, tmp_path / "c", log=lambda m: None)
     arm = r["arms"]["constant"]
     assert arm["seeds"] == [0, 1] and len(arm["points"]) == 4
+    assert set(arm["curves"]) == {"unsupervised", "ofg"}
     dice = next(x for x in arm["test_best"] if x["metric"] == "dice")
     assert dice["per_seed"] == pytest.approx(
         [score_run(tmp_path / "c" / "constant" / f"ofg-seed{s}", "test", 3)["dice"]
@@ -176,3 +177,28 @@ def test_run_converge_end_to_end(tmp_path):
     text = markdown(r)
     assert "Verdict (2 seeds)" in text and "best checkpoint, test split" in text
     assert (tmp_path / "c" / "converge.json").exists()
+
+
+def test_run_converge_pairs_runs_that_stopped_at_different_steps(monkeypatch, tmp_path):
+    """Runs end at their own plateau: the difference curve covers the steps every run reached."""
+    import ofg_lib.converge as C
+    lengths = {"unsupervised": 16, "ofg": 48}
+
+    def fake_history(cfg, folder):
+        n = lengths[cfg["strategy"]]
+        base = 0.6 if cfg["strategy"] == "unsupervised" else 0.55
+        return [{"step": 250 * (i + 1), "val_dice": base + 0.003 * i + 0.001 * cfg["seed"], "fold_fraction": 0.0,
+                 "sdlogj": 0.05, "epe": 1.0, "sec_per_step_network": 0.01, "sec_per_step_inner": 0.0}
+                for i in range(n)]
+
+    monkeypatch.setattr(C, "train_history", fake_history)
+    monkeypatch.setattr(C, "score_run", lambda folder, *a, **k: {"dice": 0.7 + 0.01 * ("ofg" in str(folder)),
+                        "fold_fraction": 0.0, "sdlogj": 0.05, "epe": 1.0, "step": 1000})
+    spec = {"setting": "today", "seeds": [0, 1, 2], "test_pairs": 3,
+            "base": {**TINY_2D, "epochs": 48, "steps_per_epoch": 250}, "arms": {"constant": {}}}
+    arm = run_converge(spec, tmp_path, log=lambda m: None)["arms"]["constant"]
+    assert len(arm["curve"]["step"]) == 16 and len(arm["curves"]["ofg"]["step"]) == 48
+    assert arm["curve"]["difference"] == pytest.approx([-0.05] * 16)
+    assert arm["crossings"] == []
+    dice = next(x for x in arm["test_best"] if x["metric"] == "dice")
+    assert dice["difference_mean"] == pytest.approx(0.01) and dice["difference_ahead"] == 3
