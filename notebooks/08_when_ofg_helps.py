@@ -12,7 +12,9 @@
 # 64x80 (four settings, three seeds, equal steps and equal time) on 2 CPU cores; its time is printed in
 # section 3 and stated in the README. `make reproduce PROFILE=study` (or `python -m ofg_lib.study --profile
 # study`) runs the whole study at 96x112 plus a 3-D confirmation on the CPU; section 6 reads its committed
-# summary and states its wall time. No GPU is needed; with one, every run uses it (`device: auto`).
+# summary and states its wall time; section 7 reads the committed summary of the run-to-plateau study
+# (`python -m ofg_lib.converge`, constant lrs, best checkpoint on test pairs). No GPU is needed; with one, every
+# run uses it (`device: auto`).
 # Code: `ofg_lib/study.py` (the study), `ofg_lib/data/embedded.py` (the harder cohorts), `ofg_lib/compare.py`.
 
 # %% tags=["parameters"]
@@ -35,6 +37,7 @@ gallery_size = [96, 112]  # the size at which section 2 pictures the cohorts
 threads = 0  # torch CPU threads (0: default)
 progress = False  # per-epoch progress bars
 report = "reports/study"  # the full study's committed summary (section 6)
+converge_report = "reports/converge"  # the run-to-plateau study's committed summary (section 7)
 
 # %%
 import json
@@ -195,6 +198,37 @@ if path.exists():
                          f"seeds {c['seeds']}, identity Dice {c['identity']['dice']:.3f}."))
 else:
     print(f"no committed study summary at {path}: run `make reproduce PROFILE=study`")
+
+# %% [markdown]
+# ## 7. Trained until it plateaus, with OFG's guidance kept on
+# Sections 3-6 share two blind spots. With the published poly decay over the run's own length, the inner lr is
+# $0.1\,(1 - e/E)^{0.9}$: in a run's last epochs the pseudo label sits a few hundredths of a voxel from the
+# prediction, so the epochs that are scored train a smoother, not OFG (notebook 07). And no run is near its
+# plateau. `python -m ofg_lib.converge` (spec: `configs/studies/converge.yaml`) asks the question again on the
+# `realistic` setting (subject pairs, larger multi-scale deformations, tissue contrast, supersampled: all of the
+# single-factor settings at once) at 96x112, with **constant** network and inner lrs, each run trained until
+# the plateau rule holds (`ofg_lib.train.plateaued`: the validation Dice, averaged over 5 validations, gains
+# less than `plateau_tol` over the last third of the run) or the step cap. The headline score is each run's
+# **best-validation checkpoint scored on held-out test pairs**; differences are paired by seed with a 95 % t
+# interval. Its committed summary is read here; every sentence below is computed from it.
+
+# %%
+from ofg_lib import converge
+
+path = resolve(converge_report) / "converge.json"
+if path.exists():
+    conv = json.loads(path.read_text())
+    display(Markdown(converge.markdown(conv)))
+    for arm in conv["arms"]:
+        fig, axes = plt.subplots(1, 2, figsize=(13, 3.6), gridspec_kw={"width_ratios": [2, 1]})
+        converge.plot_curves(conv, arm, ax=axes[0])
+        converge.plot_pareto([{**p, "label": p["strategy"]} for p in conv["arms"][arm]["points"]], "sdlogj",
+                             ax=axes[1])
+        axes[1].set_title("one point per run (test split)")
+        plt.tight_layout()
+        plt.show()
+else:
+    print(f"no committed summary at {path}: run `python -m ofg_lib.converge`")
 
 # %% [markdown]
 # ## Summary

@@ -35,6 +35,7 @@ __all__ = ["paired_rows", "crossings", "seed_curves", "run_converge", "markdown"
            "plot_pareto", "STRATEGIES"]
 
 STRATEGIES = ("unsupervised", "ofg")
+COLLAPSE = 0.05      # a fall of validation Dice after its best this large is reported as a collapse
 METRICS = ("dice", "fold_fraction", "sdlogj", "epe")
 
 
@@ -85,7 +86,8 @@ def run_converge(spec: dict, out, log=print) -> dict:
     """Train (or reuse) every arm x strategy x seed of `spec` under `out`; write converge.json there.
 
     `spec`: base (TrainConfig keys shared by all runs), setting (a name of `ofg_lib.study.SETTINGS`), arms
-    ({name: overrides}, e.g. constant and long-poly schedules), seeds, test_pairs, last_k. Runs go seed by seed,
+    ({name: overrides}, e.g. constant and long-poly schedules; `seeds` among an arm's overrides sets its own
+    seeds), seeds, test_pairs, last_k. Runs go seed by seed,
     both strategies of a seed together, so an interrupted study still has complete pairs.
     """
     from .study import identity_scores, setting_config
@@ -94,8 +96,12 @@ def run_converge(spec: dict, out, log=print) -> dict:
     seeds, k, n_test = list(spec["seeds"]), int(spec.get("last_k", 3)), spec.get("test_pairs")
     result = {"spec": spec, "identity": identity_scores(base), "arms": {}}
     for arm, overrides in spec["arms"].items():
+        overrides = dict(overrides)
+        arm_seeds = list(overrides.pop("seeds", seeds))     # an arm may run fewer seeds
         hist, test, last, meta = {}, {}, {}, {}
-        for seed in seeds:
+        arm_cfg = {**base, **overrides}
+        cap = int(arm_cfg.get("epochs", 10)) * int(arm_cfg.get("steps_per_epoch", 50))
+        for seed in arm_seeds:
             for strat in STRATEGIES:
                 folder = out / arm / f"{strat}-seed{seed}"
                 log(f"[converge] {arm}: {strat} seed {seed}")
@@ -104,11 +110,17 @@ def run_converge(spec: dict, out, log=print) -> dict:
                 hist[(strat, seed)] = h
                 test[(strat, seed)] = score_run(folder, "test", n_test, "best")
                 last[(strat, seed)] = _last_k(h, k)
+                vals = [r["val_dice"] for r in h if r.get("val_dice") is not None]
+                top = int(np.argmax(vals))
                 meta[(strat, seed)] = {"steps": h[-1]["step"], "best_step": test[(strat, seed)]["step"],
+                                       "best_val_dice": vals[top], "last_val_dice": vals[-1],
+                                       # how far validation Dice fell after its best (a collapse, if large)
+                                       "drop_after_best": float(vals[top] - min(vals[top:])),
+                                       "stopped_early": h[-1]["step"] < cap,
                                        "sec_per_step": float(np.median([r["sec_per_step_network"]
                                                                         + r["sec_per_step_inner"] for r in h])),
                                        "wall_s_this_call": time.perf_counter() - t0}
-            done = [s for s in seeds if all((st, s) in hist for st in STRATEGIES)]
+            done = [s for s in arm_seeds if all((st, s) in hist for st in STRATEGIES)]
             # each strategy's curve over the steps all its seeds reached; the difference over the steps every
             # run of both strategies reached (runs stop at their own plateau)
             own = {st: seed_curves([hist[(st, s)] for s in done]) for st in STRATEGIES}
@@ -161,8 +173,10 @@ def markdown(result: dict) -> str:
                              f"| {row['difference_ahead']}/{row['difference_behind']} |")
             lines.append("")
         runs = r["runs"]
-        lines += ["| run | steps trained | best-validation step | s/step |", "|---|---|---|---|"]
-        lines += [f"| {k} | {v['steps']} | {v['best_step']} | {v['sec_per_step']:.4f} |" for k, v in runs.items()]
+        lines += ["| run | steps trained | best-validation step | best / last val Dice | largest drop after best "
+                  "| s/step |", "|---|---|---|---|---|---|"]
+        lines += [f"| {k} | {v['steps']} | {v['best_step']} | {v['best_val_dice']:.4f} / {v['last_val_dice']:.4f} | "
+                  f"{v['drop_after_best']:.4f} | {v['sec_per_step']:.4f} |" for k, v in runs.items()]
         lines.append("")
         lines.append(verdict(r))
         lines.append("")
@@ -187,7 +201,15 @@ def verdict(arm: dict) -> str:
     cross_txt = ("the smoothed seed-mean curves never cross" if not cross else
                  "the smoothed seed-mean curves change order at step(s) "
                  + ", ".join(f"{c['step']} ({c['to']})" for c in cross))
-    return f"Verdict ({len(arm['seeds'])} seeds): {what}; {cross_txt}."
+    capped = [k for k, v in arm["runs"].items() if not v.get("stopped_early", True)]
+    collapsed = [k for k, v in arm["runs"].items() if v.get("drop_after_best", 0) > COLLAPSE]
+    notes = ""
+    if collapsed:
+        notes += (f" Validation Dice fell by more than {COLLAPSE} after its best in {len(collapsed)} run(s) "
+                  f"({', '.join(collapsed)}): the best checkpoint is scored, but those runs stopped improving there.")
+    if capped:
+        notes += f" {len(capped)} run(s) reached the step cap before the plateau rule held ({', '.join(capped)})."
+    return f"Verdict ({len(arm['seeds'])} seeds): {what}; {cross_txt}.{notes}"
 
 
 def plot_curves(result: dict, arm: str, ax=None):
