@@ -69,7 +69,7 @@ def _check_inputs(disp, moving, fixed, steps, lr, reg_weight, window, downsample
 
 def refine_with_history(disp: torch.Tensor, moving: torch.Tensor, fixed: torch.Tensor, steps: int = 10,
                         lr: float = 0.1, reg_weight: float = 1.0, optimizer: str = "adam", window: int = 9,
-                        final_energy: bool = False, downsample: int = 1) -> Refined:
+                        final_energy: bool = False, downsample: int = 1, coarse_energy: bool = False) -> Refined:
     """Run the instance optimizer and keep the energy before every step (see `refine`).
 
     `downsample=k` > 1 is the paper's DownSample optimizer (Sec. 4.6, Table 4): the field is resized to 1/k of
@@ -78,11 +78,25 @@ def refine_with_history(disp: torch.Tensor, moving: torch.Tensor, fixed: torch.T
     the prediction's fine detail is lost in the first resize. The coarse field is in coarse voxels, so Adam's lr
     is divided by k: a step moves the full-size field as far as at full resolution (only the resolution
     differs). The energies are those of the upsampled coarse field (the first is the downsampled start's).
+
+    `coarse_energy=True` evaluates the energy at the coarse resolution too: moving and fixed are resized to 1/k
+    (linear, the grid of `resize_disp`), every step warps the coarse image with the coarse field, and only the
+    result is upsampled. This is what makes the design fast (the paper's 0.10 s against 3.23 s); the default
+    keeps the full-resolution energy (the design of the committed ablation tables). Energies, the final one
+    included, are then coarse energies.
     """
     _check_inputs(disp, moving, fixed, steps, lr, reg_weight, window, downsample)
+    size = tuple(moving.shape[2:])
+    if coarse_energy and downsample > 1:
+        coarse = [s // downsample for s in size]
+        mode = "trilinear" if len(size) == 3 else "bilinear"
+        moving, fixed = (F.interpolate(x.detach(), size=coarse, mode=mode, align_corners=True) for x in (moving, fixed))
+        r = refine_with_history(resize_disp(disp.detach(), coarse), moving, fixed, steps, lr / downsample, reg_weight,
+                                optimizer, window, final_energy)
+        r.coarse, r.disp = r.disp, resize_disp(r.disp, size)
+        return r
     moving = moving.detach()
     similarity = FixedLNCC(fixed.detach(), window)
-    size = tuple(moving.shape[2:])
     start = disp.detach().clone()
     if downsample > 1:
         start = resize_disp(start, [s // downsample for s in size])
@@ -120,7 +134,8 @@ def refine_with_history(disp: torch.Tensor, moving: torch.Tensor, fixed: torch.T
 
 
 def refine(disp: torch.Tensor, moving: torch.Tensor, fixed: torch.Tensor, steps: int = 10, lr: float = 0.1,
-           reg_weight: float = 1.0, optimizer: str = "adam", window: int = 9, downsample: int = 1) -> torch.Tensor:
+           reg_weight: float = 1.0, optimizer: str = "adam", window: int = 9, downsample: int = 1,
+           coarse_energy: bool = False) -> torch.Tensor:
     """Refine `disp` (B, 3, D, H, W, voxels) toward aligning `moving` to `fixed`; return it detached.
 
     `steps` optimizer steps (10 in the paper) of Adam with amsgrad (`optimizer="adam"`, the published choice)
@@ -129,4 +144,4 @@ def refine(disp: torch.Tensor, moving: torch.Tensor, fixed: torch.Tensor, steps:
     would make the field non-finite, it stops, warns, and returns the last finite field.
     """
     return refine_with_history(disp, moving, fixed, steps, lr, reg_weight, optimizer, window,
-                               downsample=downsample).disp
+                               downsample=downsample, coarse_energy=coarse_energy).disp

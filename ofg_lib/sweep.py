@@ -198,8 +198,10 @@ def verdicts_markdown(v: dict) -> str:
     """The verdict table, and the premise it was computed under, as Markdown (every word from the numbers)."""
     p = v["premise"]
     ci = f"[{p['low']:+.4f}, {p['high']:+.4f}]" if p["low"] is not None else "(one seed: no interval)"
+    state = ("holds" if p["holds"] else "contradicted (unsupervised training is ahead)"
+             if p["high"] is not None and p["high"] < 0 else "not established")
     lines = [f"Premise (full OFG beats unsupervised training, {v['metric']}): OFG - unsupervised {p['mean']:+.4f}, "
-             f"95 % CI {ci}, OFG ahead in {p['ahead']} of {p['n']} seeds: **{'holds' if p['holds'] else 'not established'}**. "
+             f"95 % CI {ci}, OFG ahead in {p['ahead']} of {p['n']} seeds: **{state}**. "
              "Claims marked * lean on the unsupervised loss and are testable only where the premise holds.", "",
              "| claim | point | change - full OFG | 95 % CI (t, ddof 1) | seeds below / above | verdict |",
              "|---|---|---|---|---|---|"]

@@ -1,0 +1,53 @@
+"""The README's computed blocks: text between `<!-- NAME:begin -->` and `<!-- NAME:end -->` that is generated from
+committed summaries, never typed. `python scripts/readme_blocks.py` rewrites them; tests/test_converge.py checks
+that the README holds what this computes.
+
+- `verdicts`: the ablation verdicts (`ofg_lib.sweep`, from reports/ablations/*.json);
+- `converge`: the run-to-plateau study's verdict per arm (`ofg_lib.converge.verdict`, reports/converge/converge.json).
+"""
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def blocks() -> dict:
+    from ofg_lib.converge import verdict
+    from ofg_lib.sweep import CLAIMS, ablation_verdicts, verdicts_markdown
+    out = {}
+    folder = ROOT / "reports" / "ablations"
+    tables = {c["table"]: json.loads((folder / f"{c['table']}.json").read_text()) for c in CLAIMS}
+    out["verdicts"] = verdicts_markdown(ablation_verdicts(tables, json.loads((folder / "core.json").read_text())))
+    conv = ROOT / "reports" / "converge" / "converge.json"
+    if conv.exists():
+        r = json.loads(conv.read_text())
+        out["converge"] = "\n".join(f"- **{arm}** ({json.dumps(a['overrides'])}): {verdict(a)}"
+                                    for arm, a in r["arms"].items()) + "\n"
+    else:
+        out["converge"] = "(no committed summary yet: run `python -m ofg_lib.converge`)\n"
+    return out
+
+
+def current(text: str, name: str) -> str:
+    m = re.search(rf"<!-- {name}:begin -->\n(.*?)<!-- {name}:end -->", text, re.S)
+    if m is None:
+        raise KeyError(f"README.md has no block {name}")
+    return m.group(1)
+
+
+def write(path=ROOT / "README.md") -> None:
+    text = path.read_text()
+    for name, body in blocks().items():
+        current(text, name)
+        text = re.sub(rf"(<!-- {name}:begin -->\n).*?(<!-- {name}:end -->)", lambda m: m.group(1) + body + m.group(2),
+                      text, flags=re.S)
+    path.write_text(text)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    write()
