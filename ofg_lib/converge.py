@@ -127,9 +127,19 @@ def run_converge(spec: dict, out, log=print) -> dict:
             steps, both = seed_curves([hist[(st, s)] for st in STRATEGIES for s in done])
             unsup, ofg = both[:len(done)], both[len(done):]
             diff = (ofg - unsup).mean(0)
+            # equal steps: each run's best validation Dice within the steps both runs of its seed reached
+            equal = {}
+            for s_ in done:
+                common = min(hist[(st, s_)][-1]["step"] for st in STRATEGIES)
+                for st in STRATEGIES:
+                    equal[(st, s_)] = {"dice": max(r["val_dice"] for r in hist[(st, s_)]
+                                                   if r.get("val_dice") is not None and r["step"] <= common),
+                                       "steps": common}
             result["arms"][arm] = {
                 "overrides": overrides, "seeds": done,
                 "test_best": paired_rows(test, done), "last_k": paired_rows(last, done),
+                "equal_steps": {"steps": [equal[("ofg", s_)]["steps"] for s_ in done],
+                                "rows": paired_rows(equal, done, metrics=("dice",))},
                 "runs": {f"{st}/{s}": meta[(st, s)] for st in STRATEGIES for s in done},
                 "curves": {st: {"step": own[st][0].tolist(), "mean": own[st][1].mean(0).tolist(),
                                 "per_seed": own[st][1].tolist()} for st in STRATEGIES},
@@ -160,8 +170,13 @@ def markdown(result: dict) -> str:
                   f"Seeds {r['seeds']} ({len(r['seeds'])} pairs). Headline: best-validation checkpoint on "
                   f"{spec.get('test_pairs') or 'all'} test pairs; OFG - unsupervised paired by seed, 95 % t "
                   "interval (ddof 1), seeds where OFG is ahead / behind.", ""]
-        for title, rows in (("best checkpoint, test split", r["test_best"]),
-                            (f"mean of the last {spec.get('last_k', 3)} validations", r["last_k"])):
+        tables = [("best checkpoint, test split", r["test_best"])]
+        if "equal_steps" in r:
+            tables.append((f"best validation Dice within the steps both runs of a seed reached "
+                           f"({', '.join(map(str, r['equal_steps']['steps']))} steps; selected and scored on the "
+                           "validation pairs)", r["equal_steps"]["rows"]))
+        tables.append((f"mean of the last {spec.get('last_k', 3)} validations", r["last_k"]))
+        for title, rows in tables:
             lines += [f"**{title}**", "", "| metric | unsupervised | OFG | OFG - unsupervised [95 % CI] | ahead/behind |",
                       "|---|---|---|---|---|"]
             for row in rows:
@@ -201,6 +216,13 @@ def verdict(arm: dict) -> str:
     cross_txt = ("the smoothed seed-mean curves never cross" if not cross else
                  "the smoothed seed-mean curves change order at step(s) "
                  + ", ".join(f"{c['step']} ({c['to']})" for c in cross))
+    eq = arm.get("equal_steps", {}).get("rows")
+    if eq:
+        e = eq[0]
+        ci = ("" if e["difference_low"] is None else
+              f", 95 % CI [{e['difference_low']:+.4f}, {e['difference_high']:+.4f}]")
+        what += (f"; at equal steps (each run's best validation Dice within the steps both runs of its seed "
+                 f"reached) {e['difference_mean']:+.4f}{ci}, OFG ahead in {e['difference_ahead']} of {e['difference_n']}")
     capped = [k for k, v in arm["runs"].items() if not v.get("stopped_early", True)]
     collapsed = [k for k, v in arm["runs"].items() if v.get("drop_after_best", 0) > COLLAPSE]
     notes = ""

@@ -169,7 +169,7 @@ def test_run_converge_end_to_end(tmp_path):
     r = run_converge(spec, tmp_path / "c", log=lambda m: None)
     arm = r["arms"]["constant"]
     assert arm["seeds"] == [0, 1] and len(arm["points"]) == 4
-    assert set(arm["curves"]) == {"unsupervised", "ofg"}
+    assert set(arm["curves"]) == {"unsupervised", "ofg"} and len(arm["equal_steps"]["rows"]) == 1
     dice = next(x for x in arm["test_best"] if x["metric"] == "dice")
     assert dice["per_seed"] == pytest.approx(
         [score_run(tmp_path / "c" / "constant" / f"ofg-seed{s}", "test", 3)["dice"]
@@ -202,6 +202,9 @@ def test_run_converge_pairs_runs_that_stopped_at_different_steps(monkeypatch, tm
     assert arm["crossings"] == []
     dice = next(x for x in arm["test_best"] if x["metric"] == "dice")
     assert dice["difference_mean"] == pytest.approx(0.01) and dice["difference_ahead"] == 3
+    eq = arm["equal_steps"]
+    assert eq["steps"] == [4000] * 3          # the unsupervised runs stopped at 16 x 250 steps
+    assert eq["rows"][0]["per_seed"] == pytest.approx([-0.05] * 3)   # best up to step 4000: 0.55+0.045 vs 0.6+0.045
 
 
 def test_the_readme_blocks_are_the_computed_ones():
