@@ -103,8 +103,10 @@ for name in ("ofg", "unsupervised"):
 # The same model, data order and validation pairs for both strategies, for every seed; the seed changes the
 # network's initialisation and the data order, `data_seed` the embedded cohort (fixed, so seeds vary the
 # training run on the same data, as in the paper). `compare` reuses runs that have finished (they are
-# checkpointed every epoch, and resume where they stopped if interrupted); a folder holding a run trained with
-# another config is refused, naming the keys that differ, so changed parameters need another `run_dir`.
+# checkpointed every epoch, and resume where they stopped if interrupted) only when the stored config equals the
+# requested one, epochs included; a folder holding a run trained with another config (or length) is refused,
+# naming the keys that differ, so changed parameters need another `run_dir`. While a run trains, its folder is
+# claimed (`ofg_lib.runs`): a second process training into it stops at once with the holder's pid.
 
 # %%
 print(f"{model}: {models.count_parameters(models.build(model, img_size)):,} parameters")
@@ -175,6 +177,7 @@ display(Markdown(f"At equal steps OFG is **{side}** unsupervised training by {ab
 # 2. Set `inner_lr_schedule = "poly"` (the published schedule) and compare the last epochs' MSE term with the
 #    constant schedule's. Hint: the inner lr reaches 0 at the end of a poly schedule.
 # 3. Change `run_dir` and a training parameter together, then rerun with the old `run_dir` only: read the error
-#    message. Which keys may change when a run is resumed, and why not the others?
+#    message. Which keys may differ for `compare` to reuse a run (`ofg_lib.train.RUNTIME`), which for a
+#    resume by hand (`RESUMABLE`), and why is `epochs` in the second list but not the first?
 # 4. Add a seed to `seeds` and watch the spread of the paired difference: how many seeds would you need before
 #    trusting a Dice difference of 0.01? Hint: compare the difference's std over seeds with its mean.
