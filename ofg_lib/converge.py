@@ -286,7 +286,26 @@ def main(argv=None):
     result["machine"] = f"{os.cpu_count()} CPU cores ({platform.machine()}), torch threads {torch.get_num_threads()}"
     write_json(report / "converge.json", result)
     atomic_write(report / "converge.md", markdown(result))
+    save_figure(result, report / "converge.png")
     print(markdown(result))
+
+
+def save_figure(result: dict, path) -> Path:
+    """Learning curves and the Dice-against-SDlogJ points of every arm, one row per arm, as a PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    arms = list(result["arms"])
+    fig, axes = plt.subplots(len(arms), 2, figsize=(13, 3.6 * len(arms)), squeeze=False,
+                             gridspec_kw={"width_ratios": [2, 1]})
+    for row, arm in zip(axes, arms):
+        plot_curves(result, arm, ax=row[0])
+        plot_pareto([{**p, "label": p["strategy"]} for p in result["arms"][arm]["points"]], "sdlogj", ax=row[1])
+        row[1].set_title(f"{arm}: one point per run (test split)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return Path(path)
 
 
 if __name__ == "__main__":
