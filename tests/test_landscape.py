@@ -245,7 +245,11 @@ def test_with_one_sgd_inner_step_ofg_gives_the_network_the_unsupervised_gradient
     g = network_gradients(net, pairs[0], inner_steps=1, inner_lr=lr, inner_optimizer="sgd")
     assert cosine(g["ofg_data"], g["unsupervised"]) > 0.999
     n = g["phi_pred"].numel()
-    assert torch.allclose(g["ofg_data"], (2 * lr / n) * g["unsupervised"], rtol=1e-3, atol=1e-12)
+    expected = (2 * lr / n) * g["unsupervised"]
+    # float32 fields: phi_pred - phi_opt cancels, so entries near 0 carry noise of ~1e-3 of their own size (seen
+    # here: 2.5e-3 on an entry of 1e-9); the identity holds to float32 precision relative to the whole gradient
+    assert float((g["ofg_data"] - expected).norm() / expected.norm()) < 1e-4
+    assert torch.allclose(g["ofg_data"], expected, rtol=1e-2, atol=1e-6 * float(expected.abs().max()))
     # the field moved by exactly lr * dE/dphi
     assert torch.allclose(g["phi_pred"] - g["phi_opt"], lr * g["field_grad"], atol=1e-6)
     # with Adam the first step moves every voxel by about lr, whatever the size of its gradient
