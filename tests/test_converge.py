@@ -196,7 +196,11 @@ def test_run_converge_pairs_runs_that_stopped_at_different_steps(monkeypatch, tm
                         "fold_fraction": 0.0, "sdlogj": 0.05, "epe": 1.0, "step": 1000})
     spec = {"setting": "today", "seeds": [0, 1, 2], "test_pairs": 3,
             "base": {**TINY_2D, "epochs": 48, "steps_per_epoch": 250}, "arms": {"constant": {}}}
-    arm = run_converge(spec, tmp_path, log=lambda m: None)["arms"]["constant"]
+    result = run_converge(spec, tmp_path, log=lambda m: None)
+    arm = result["arms"]["constant"]
+    assert C.save_figure(result, tmp_path / "f.png").stat().st_size > 10_000
+    assert "Validation Dice fell by more than" not in C.verdict(arm)     # these curves only rise
+    assert "3 run(s) reached the step cap" in C.verdict(arm)             # the OFG runs ran all 48 epochs
     assert len(arm["curve"]["step"]) == 16 and len(arm["curves"]["ofg"]["step"]) == 48
     assert arm["curve"]["difference"] == pytest.approx([-0.05] * 16)
     assert arm["crossings"] == []
