@@ -130,6 +130,60 @@ def header(nb) -> dict:
     return {"title": title, "teaches": teaches, "cost": cost}
 
 
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+MATHJAX_DIR = "mathjax"          # beside the pages, referenced by a relative path
+# MathJax 3 from the django-static-mathjax package: the full TeX build (every extension, nothing loaded on
+# demand) and its CHTML fonts, about 1.7 MB in all.
+MATHJAX_FILES = ("tex-chtml-full.js", "output/chtml/fonts/woff-v2")
+
+
+def copy_mathjax(dest: Path) -> Path:
+    """Copy MathJax (MATHJAX_FILES) from the installed package into `dest`; returns the script's path."""
+    import importlib.resources
+    import shutil
+    try:
+        src = importlib.resources.files("mathjax") / "static" / "mathjax" / "es5"
+    except ModuleNotFoundError:
+        raise SystemExit("MathJax is not installed: `make setup` installs it (django-static-mathjax)") from None
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src / MATHJAX_FILES[0], dest / "tex-chtml.js")
+    shutil.copytree(src / MATHJAX_FILES[1], dest / MATHJAX_FILES[1], dirs_exist_ok=True)
+    return dest / "tex-chtml.js"
+
+
+def merge_injected_parameters(nb):
+    """The page shows the values a notebook ran with once: papermill's injected cell is folded into the
+    notebook's own `parameters` cell (each injected `name = value` replaces that name's line, its comment kept;
+    a name not found there is appended) and removed."""
+    injected = next((c for c in nb.cells if "injected-parameters" in c.get("metadata", {}).get("tags", [])), None)
+    own = next((c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])), None)
+    if injected is None:
+        return nb
+    if own is None:                       # nothing to merge into: keep papermill's cell as the only one
+        return nb
+    lines = own.source.splitlines()
+    for line in injected.source.splitlines():
+        m = re.match(r"^([A-Za-z_]\w*) = (.*)$", line)
+        if not m:
+            continue
+        name, value = m.groups()
+        at = next((i for i, ln in enumerate(lines) if re.match(rf"^{name}\s*=", ln)), None)
+        if at is not None and lines[at].count("=") >= 1 and _one_line(lines[at]):
+            comment = lines[at].split("  #", 1)[1] if "  #" in lines[at] else None
+            lines[at] = f"{name} = {value}" + (f"  # {comment.strip()} (this run)" if comment else "  # (this run)")
+        else:
+            lines.append(f"{name} = {value}  # (this run)")
+    own.source = "\n".join(lines)
+    nb.cells = [c for c in nb.cells if c is not injected]
+    return nb
+
+
+def _one_line(line: str) -> bool:
+    """Whether an assignment is complete on its line (brackets balanced), so it can be replaced whole."""
+    code = line.split("  #", 1)[0]
+    return all(code.count(a) == code.count(b) for a, b in ("()", "[]", "{}"))
+
+
 def html(profile: str) -> Path:
     """Static HTML pages of results/PROFILE/NN_*.ipynb and an index; returns the index's path."""
     import html as escape
@@ -141,11 +195,13 @@ def html(profile: str) -> Path:
         raise SystemExit(f"no executed notebooks in {results}: run `make reproduce PROFILE={profile}` first")
     out = results / "html"
     out.mkdir(parents=True, exist_ok=True)
-    exporter = HTMLExporter(template_name="lab")
+    copy_mathjax(out / MATHJAX_DIR)
+    # the lab layout with nothing fetched from the network (scripts/templates/ofg_lab/index.html.j2)
+    exporter = HTMLExporter(template_name="ofg_lab", extra_template_basedirs=[str(TEMPLATES)])
     rows = []
     for path in executed:
-        nb = nbformat.read(path, as_version=4)
-        body, _ = exporter.from_notebook_node(nb)
+        nb = merge_injected_parameters(nbformat.read(path, as_version=4))
+        body, _ = exporter.from_notebook_node(nb, resources={"mathjax_dir": MATHJAX_DIR})
         _write(out / f"{path.stem}.html", body)
         h = header(nb)
         rows.append(f'<tr><td><a href="{path.stem}.html">{escape.escape(h["title"] or path.stem)}</a></td>'

@@ -109,12 +109,38 @@ def test_the_html_course_builds_from_an_executed_notebook(tmp_path, monkeypatch)
     monkeypatch.setenv("OFG_STATIC", "1")
     monkeypatch.setenv("OFG_DATA_DIR", str(tmp_path / "data"))
     pm.execute_notebook(str(src), str(results / src.name), kernel_name="python3", progress_bar=False,
-                        cwd=str(script.ROOT))
+                        cwd=str(script.ROOT), parameters={"rms": 2.5})
     monkeypatch.setattr(script, "ROOT", tmp_path)
     index = script.html("ci").read_text()
     page = (results / "html" / f"{src.stem}.html").read_text()
     assert f'href="{src.stem}.html"' in index and "02 · " in index
     assert "<img" in page or "image/png" in page                      # its figures were executed and embedded
+    # offline (issue 24): no script from another host, MathJax where the page looks for it, formulas in the page
+    import re
+    sources = re.findall(r"<script[^>]*\bsrc=[\"']([^\"']+)", page)
+    assert sources and not [u for u in sources if re.match(r"(https?:)?//", u)], sources
+    for u in sources:
+        assert (results / "html" / u).is_file(), u
+    assert (results / "html" / "mathjax" / "output" / "chtml" / "fonts" / "woff-v2").is_dir()
+    assert "$$" in page and "http://" not in " ".join(sources) and "cdnjs" not in page and "unpkg.com" not in page
+    # the values it ran with, once: papermill's cell folded into the notebook's own parameters cell
+    assert "injected-parameters" not in page and "Parameters" not in page
+    import html
+    text = html.unescape(re.sub(r"<[^>]+>", "", page))
+    assert page.count("(this run)") == 1 and "rms = 2.5  # RMS size" in text and "rms = 3.0" not in text
+    # where Chromium is installed (the browser tests of the JupyterLab issue), the formulas are typeset offline
+    import shutil
+    import subprocess
+    browser = shutil.which("chromium")
+    if browser:
+        dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                              "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                              "--disable-sync", f"--user-data-dir={tmp_path / 'chromium'}",
+                              "--virtual-time-budget=8000", "--dump-dom",
+                              (results / "html" / f"{src.stem}.html").as_uri()],
+                             capture_output=True, text=True, timeout=120).stdout
+        visible = html.unescape(re.sub(r"<[^>]+>", "", re.sub(r"<(script|style)[^>]*>.*?</\1>", "", dom, flags=re.S)))
+        assert dom.count("<mjx-container") >= 5 and "$$" not in visible
 
 
 def test_a_profile_may_run_only_some_notebooks(tmp_path, monkeypatch):
