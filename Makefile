@@ -32,12 +32,16 @@ reproduce: setup
 html: setup
 	$(BIN)/python scripts/notebooks.py html --profile $(PROFILE)
 
-lab: setup
-	$(BIN)/jupytext --sync notebooks/[0-9][0-9]_*.py
-	$(BIN)/jupyter lab notebooks/
+# Pairs each .py with an .ipynb that names its kernel (no "Select Kernel" dialog), makes double-clicking a .py open
+# it as a notebook (JupyterLab settings overrides in the venv), and passes --allow-root when run as root.
+LAB_SETTINGS := $(VENV)/share/jupyter/lab/settings
+lab: sync
+	mkdir -p $(LAB_SETTINGS)
+	cp scripts/jupyterlab-overrides.json $(LAB_SETTINGS)/overrides.json
+	$(BIN)/jupyter lab notebooks/ $(if $(filter 0,$(shell id -u)),--allow-root)
 
 sync: setup
-	$(BIN)/jupytext --sync notebooks/[0-9][0-9]_*.py
+	$(BIN)/jupytext --set-kernel python3 --sync notebooks/[0-9][0-9]_*.py
 
 bench: setup
 	$(BIN)/python benchmarks/bench_lncc.py
