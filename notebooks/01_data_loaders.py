@@ -144,8 +144,18 @@ def show(axis=0, index=size[0] // 2):
     plt.show()
 
 
-interactive(show, axis=widgets.Dropdown(options=[0, 1, 2], value=0, description="axis"),
-            index=widgets.IntSlider(min=0, max=max(size) - 1, value=size[0] // 2, description="slice"));
+axis_menu = widgets.Dropdown(options=[0, 1, 2], value=0, description="axis")
+slice_slider = widgets.IntSlider(min=0, max=size[0] - 1, value=size[0] // 2, description="slice")
+
+
+def bound_slider(change):
+    """The slice slider runs over the chosen axis's slices only (and starts in its middle)."""
+    slice_slider.max = size[change["new"]] - 1
+    slice_slider.value = size[change["new"]] // 2
+
+
+axis_menu.observe(bound_slider, names="value")
+interactive(show, axis=axis_menu, index=slice_slider);
 
 # %% [markdown]
 # ## 6. Batches, and the real datasets

@@ -117,18 +117,21 @@ def plot_slices_1d(coords, curves: dict, ax, relative: bool = True, ylabel: str 
 
 
 def interactive(fn, **controls):
-    """Draw `fn(**values)` at the controls' current values, then (in a live notebook) the controls themselves.
+    """`fn(**values)` drawn at the controls' current values: one figure, static or live.
 
-    The first figure is an ordinary cell output, so papermill, nbval and the HTML course keep it. In JupyterLab
-    the controls follow (ipywidgets sliders, toggles, dropdowns) and redraw the figure below them on every change.
-    Under `make reproduce`, `make test` and `make html` (OFG_STATIC or CI set) only the static figure is drawn.
-    Returns the widget box, or None when static.
+    Static (OFG_STATIC or CI set: `make reproduce`, `make test`, `make html`, where no widget frontend renders
+    widgets): the figure is an ordinary cell output, which papermill, nbval and the HTML course keep. Live
+    (anything else, i.e. a kernel started by JupyterLab): the controls, then the figure inside an ipywidgets
+    Output below them, redrawn in place on every change, so there is only ever one figure and it always matches
+    the controls. Labels are shown whole (`description_width: initial`) and the controls wrap. Returns the widget
+    box, or None when static.
     """
     import os
 
     from IPython.display import display
-    fn(**{k: c.value for k, c in controls.items()})
+    values = lambda: {k: c.value for k, c in controls.items()}  # noqa: E731
     if os.environ.get("OFG_STATIC") or os.environ.get("CI"):
+        fn(**values())
         return None
     import ipywidgets as widgets
     out = widgets.Output()
@@ -136,12 +139,17 @@ def interactive(fn, **controls):
     def redraw(change=None):
         with out:
             out.clear_output(wait=True)
-            fn(**{k: c.value for k, c in controls.items()})
+            fn(**values())
 
     for c in controls.values():
+        if hasattr(c, "style") and hasattr(c.style, "description_width"):
+            c.style.description_width = "initial"
         c.observe(redraw, names="value")
-    box = widgets.VBox([widgets.HBox(list(controls.values())), out])
+    box = widgets.VBox([widgets.HBox(list(controls.values()), layout=widgets.Layout(flex_flow="row wrap")), out])
     display(box)
+    redraw()
+    print("(live figure: if a reopened notebook shows 'Error displaying widget: model not found', run this cell "
+          "again; widget state is not saved with the notebook)")
     return box
 
 

@@ -281,3 +281,4 @@ def test_rise_and_convex_fraction_on_analytic_surfaces():
     assert rise(a ** 2) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="at least 3x3"):
         convex_fraction(a)
+
