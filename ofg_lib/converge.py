@@ -117,6 +117,11 @@ def run_converge(spec: dict, out, log=print) -> dict:
                                        # how far validation Dice fell after its best (a collapse, if large)
                                        "drop_after_best": float(vals[top] - min(vals[top:])),
                                        "stopped_early": h[-1]["step"] < cap,
+                                       # training seconds from the log (per-step times x steps; no validation)
+                                       "train_s": float(sum((r["sec_per_step_network"] + r["sec_per_step_inner"]
+                                                             + r.get("sec_per_step_data", 0.0))
+                                                            * (r["step"] - (h[i - 1]["step"] if i else 0))
+                                                            for i, r in enumerate(h))),
                                        "sec_per_step": float(np.median([r["sec_per_step_network"]
                                                                         + r["sec_per_step_inner"] for r in h])),
                                        "wall_s_this_call": time.perf_counter() - t0}
@@ -189,9 +194,13 @@ def markdown(result: dict) -> str:
             lines.append("")
         runs = r["runs"]
         lines += ["| run | steps trained | best-validation step | best / last val Dice | largest drop after best "
-                  "| s/step |", "|---|---|---|---|---|---|"]
+                  "| s/step | training min |", "|---|---|---|---|---|---|---|"]
         lines += [f"| {k} | {v['steps']} | {v['best_step']} | {v['best_val_dice']:.4f} / {v['last_val_dice']:.4f} | "
-                  f"{v['drop_after_best']:.4f} | {v['sec_per_step']:.4f} |" for k, v in runs.items()]
+                  f"{v['drop_after_best']:.4f} | {v['sec_per_step']:.4f} | {v.get('train_s', float('nan')) / 60:.1f} |"
+                  for k, v in runs.items()]
+        lines.append(f"\nTraining time of this arm (from the logs, validation excluded): "
+                     f"{sum(v.get('train_s', 0.0) for v in runs.values()) / 3600:.2f} h on "
+                     f"{result.get('machine', 'this machine')}.")
         lines.append("")
         lines.append(verdict(r))
         lines.append("")
