@@ -13,8 +13,18 @@ import numpy as np
 import torch
 
 __version__ = "0.1.0"
-__all__ = ["device", "seed_all", "synchronize", "rng_state", "set_rng_state", "rank_device",
+__all__ = ["DeviceUnavailable", "device", "fork_rng", "seed_all", "synchronize", "rng_state", "set_rng_state", "rank_device",
            "distributed_backend", "amp_available", "__version__"]
+
+
+def fork_rng():
+    """A context in which seeding and drawing leave every global RNG as it was: the CPU's and each CUDA device's."""
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    return torch.random.fork_rng(devices=devices)
+
+
+class DeviceUnavailable(RuntimeError):
+    """A device was named that this machine does not have."""
 
 
 def device(name: str = "auto") -> torch.device:
@@ -28,7 +38,7 @@ def device(name: str = "auto") -> torch.device:
     if str(name) != "auto":
         dev = torch.device(name)
         if dev.type == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError(f"device {name!r} was asked for but torch sees no CUDA device")
+            raise DeviceUnavailable(f"device {name!r} was asked for but torch sees no CUDA device")
         return dev
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 

@@ -163,7 +163,7 @@ def markdown(result: dict) -> str:
     """The tables of a converge result, every sentence built from its numbers."""
     spec = result["spec"]
     b = spec["base"]
-    lines = [f"Setting **{spec['setting']}** at {'x'.join(map(str, b['img_size']))}, {b['model']}, network lr "
+    lines = [f"Setting **{spec['setting']}** at {'x'.join(map(str, b['img_size']))}, {b['model']}; base config: network lr "
              f"{b.get('lr')}, at most {b['epochs'] * b['steps_per_epoch']} steps ({b['epochs']} epochs x "
              f"{b['steps_per_epoch']}), validation on {b.get('val_pairs', 10)} pairs every "
              f"{b.get('val_every', 1)} epoch(s), plateau rule: smoothed validation Dice gains < "
@@ -171,7 +171,9 @@ def markdown(result: dict) -> str:
              f"Identity: Dice {result['identity']['dice']:.3f}, EPE {result['identity']['epe']:.2f} voxels.", ""]
     names = {"dice": "Dice", "fold_fraction": "folds %", "sdlogj": "SDlogJ", "epe": "EPE (vox)"}
     for arm, r in result["arms"].items():
+        arm_b = {**b, **r["overrides"]}
         lines += [f"## {arm}: {json.dumps(r['overrides'])}", "",
+                  f"Network lr {arm_b.get('lr')}, at most {arm_b['epochs'] * arm_b['steps_per_epoch']} steps.", "",
                   f"Seeds {r['seeds']} ({len(r['seeds'])} pairs). Headline: best-validation checkpoint on "
                   f"{spec.get('test_pairs') or 'all'} test pairs; OFG - unsupervised paired by seed, 95 % t "
                   "interval (ddof 1), seeds where OFG is ahead / behind.", ""]

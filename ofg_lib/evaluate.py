@@ -118,7 +118,7 @@ def score_run(run_dir, split: str = "test", n: int | None = None, which: str = "
     The best checkpoint is chosen on the validation pairs during training; scoring it on the test split keeps
     selection and reporting apart, as the paper does. The result (the metrics in SCORED, the epoch and step of
     the checkpoint, and the pairs scored) is cached beside the run as `score-<which>-<split>-<n>.json`, keyed
-    by the checkpoint's step so a resumed or retrained run is scored again.
+    by the checkpoint's step, epoch and config, so a resumed or retrained run is scored again.
     """
     import json
 
@@ -130,14 +130,18 @@ def score_run(run_dir, split: str = "test", n: int | None = None, which: str = "
         raise ValueError(f"which must be 'last' or 'best', got {which!r}")
     state = load_checkpoint(run_dir / names[which], f"{which} checkpoint")
     cache = run_dir / f"score-{which}-{split}-{n if n is not None else 'all'}.json"
+    # the checkpoint's identity: its step and epoch, and the config it was trained with (a folder retrained with
+    # --overwrite under another config of the same length is scored again)
+    key = {"step": state["step"], "epoch": state["epoch"],
+           "config": json.dumps(state["config"], sort_keys=True, default=str)}
     if cache.exists():
         cached = json.loads(cache.read_text())
-        if cached.get("step") == state["step"] and cached.get("epoch") == state["epoch"]:
+        if all(cached.get(k) == v for k, v in key.items()):
             return cached
     model, cfg = _model_of(state, device)
     data = from_config(cfg, split)
     r = evaluate(model, data, n, device, time_repeats=0, absent=cfg.get("dice_absent", "skip"))
     out = {**{k: r[k] for k in SCORED}, "split": split, "pairs": len(r["dice_per_pair"]), "which": which,
-           "epoch": state["epoch"], "step": state["step"], "dice_per_pair": r["dice_per_pair"].tolist()}
+           **key, "dice_per_pair": r["dice_per_pair"].tolist()}
     write_json(cache, out)
     return out

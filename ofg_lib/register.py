@@ -10,7 +10,8 @@ and affine; for a trained run the shape must be the one it was trained at. Runs 
 NIfTI volumes (they were trained on single slices).
 
 `--out` is claimed while the registration runs (`ofg_lib.runs`), and the files a registration writes (OUTPUTS)
-are removed from it first, so a folder never mixes the outputs of two registrations.
+are removed from it just before the new ones are written (a registration that fails earlier leaves the old
+ones), so a folder never mixes the outputs of two registrations.
 """
 from __future__ import annotations
 
@@ -46,8 +47,6 @@ def register_files(moving, fixed, out, run=None, method=None, moving_seg=None, f
         raise ValueError("out is empty: give the output folder")
     device = resolve_device(device)
     with claim(out, "registration"):
-        for name in OUTPUTS:                  # the outputs of an earlier registration into this folder
-            (Path(out) / name).unlink(missing_ok=True)
         return _register(moving, fixed, out, run, method, moving_seg, fixed_seg, which, device, threads)
 
 
@@ -79,6 +78,8 @@ def _register(moving, fixed, out, run, method, moving_seg, fixed_seg, which, dev
     seconds = time.perf_counter() - start
     warped = warp(m, disp)
     warped_seg = warp(pair["moving_seg"][None].to(device), disp, "nearest") if "moving_seg" in pair else None
+    for name in OUTPUTS:      # an earlier registration's outputs go only once this one has something to write
+        (Path(out) / name).unlink(missing_ok=True)
     paths = write_outputs(out, pair["affine"], disp, warped, warped_seg)
     summary = {"method": name, "moving": str(moving), "fixed": str(fixed), "seconds": seconds,
                "fold_percent": 100 * fold_fraction(disp),

@@ -52,6 +52,11 @@ class Claim:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = _read(fd)
+            for _ in range(20):              # the holder writes its details just after it takes the lock
+                if holder:
+                    break
+                time.sleep(0.05)
+                holder = _read(fd)
             os.close(fd)
             raise FolderBusyError(
                 f"{self.folder} is in use by another {holder.get('what', 'run')}: pid {holder.get('pid', '?')} on "

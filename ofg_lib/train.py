@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import (amp_available, distributed_backend, models, peak_memory_mb, rank_device, rng_state, seed_all,
+from . import (DeviceUnavailable, amp_available, fork_rng, distributed_backend, models, peak_memory_mb, rank_device, rng_state, seed_all,
                set_rng_state, synchronize)
 from . import data as datasets
 from . import device as resolve_device
@@ -404,6 +404,9 @@ class Trainer:
         if self.distributed:
             dev = rank_device(dev, int(os.environ.get("LOCAL_RANK", 0)))
         self.device = dev
+        if self.distributed and cfg.plateau_tol is not None:
+            raise ValueError("plateau_tol stops a run on rank 0's validation, which the other ranks do not see: "
+                             "use it in single-process runs")
         self._threads_before = torch.get_num_threads()   # restored when fit() ends (one process runs many runs)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
@@ -422,7 +425,7 @@ class Trainer:
         self.teacher, self.cache = None, {}
         self.pseudo_net = self.pseudo_opt = None
         if cfg.optimizer_design == "optimizer-network":
-            with torch.random.fork_rng(devices=[]):      # its own initialisation; the global RNG is left as it was
+            with fork_rng():                             # its own initialisation; the global RNGs are left as they were
                 torch.manual_seed(cfg.seed + 7919)
                 self.pseudo_net = models.build(cfg.model, self.img_size).to(dev)
             self.pseudo_opt = torch.optim.Adam(self.pseudo_net.parameters(), lr=cfg.lr, amsgrad=True)
@@ -464,6 +467,8 @@ class Trainer:
         if self.overwrite:
             for name in RUN_FILES:
                 (self.out / name).unlink(missing_ok=True)
+            for cached in self.out.glob("score-*.json"):     # ofg_lib.evaluate.score_run's caches of the old run
+                cached.unlink(missing_ok=True)
         write_json(self.out / "config.json", dataclasses.asdict(self.cfg))
         self._claimed = True
 
@@ -710,7 +715,7 @@ class Trainer:
             share = sums["energy_rise_share"] / counts["energy_rise_share"]
             warnings.warn(f"epoch {epoch + 1}: the instance optimizer raised its energy (by > {ENERGY_RISE_TOL:g}) in "
                           f"{100 * share:.0f} % of its refinements (inner_lr {self.inner_lr:g}): its pseudo labels are "
-                          f"worse than the prediction; lower inner_lr", RuntimeWarning, stacklevel=2)
+                          f"worse than the field it started from; lower inner_lr", RuntimeWarning, stacklevel=2)
         return {"epoch": epoch + 1, "step": self.step, "updates": self.updates, "lr": lr, "inner_lr": self.inner_lr,
                 "guided_share": guided / count, **{k: v / counts[k] for k, v in sums.items()},
                 "sec_per_step_network": self.timer["network"] / count,
@@ -737,6 +742,8 @@ class Trainer:
         if resume not in (False, True, "auto"):
             raise ValueError(f"resume must be False, True or 'auto', got {resume!r}")
         try:
+            if resume is True and (self.out is None or not (self.out / "checkpoint.pt").exists()):
+                self._nothing_to_resume()            # before claiming: a mistyped --out is not created
             if self.out is None or self.rank != 0:
                 return self._fit(resume, exact)
             with claim(self.out, "training run"):
@@ -744,12 +751,15 @@ class Trainer:
         finally:
             torch.set_num_threads(self._threads_before)
 
+    def _nothing_to_resume(self):
+        where = f"{self.out} holds no run (no checkpoint.pt)" if self.out is not None else "no run folder given"
+        raise FileNotFoundError(f"nothing to resume: {where}. Leave out --resume (resume) to start a new run")
+
     def _fit(self, resume, exact) -> dict:
         cfg = self.cfg
         existing = self.out is not None and (self.out / "checkpoint.pt").exists()
-        if resume is True and not existing:
-            where = f"{self.out} holds no run (no checkpoint.pt)" if self.out is not None else "no run folder given"
-            raise FileNotFoundError(f"nothing to resume: {where}. Leave out --resume (resume) to start a new run")
+        if resume is True and not existing:        # checked again under the claim
+            self._nothing_to_resume()
         if existing and resume:
             self.load(self.out / "checkpoint.pt", exact)
         elif existing and not self.overwrite:
@@ -859,7 +869,8 @@ def main(argv=None):
         print(f"\nstopped; {args.out}/checkpoint.pt holds the last finished epoch (if any): continue with "
               f"--resume", file=sys.stderr)
         sys.exit(130)
-    except (FileExistsError, ValueError, FileNotFoundError, FloatingPointError, FolderBusyError, RuntimeError) as e:
+    except (FileExistsError, ValueError, FileNotFoundError, FloatingPointError, FolderBusyError,
+            DeviceUnavailable) as e:       # anything else is a bug: its traceback is worth seeing
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     if int(os.environ.get("RANK", 0)) == 0:

@@ -32,9 +32,10 @@ def test_a_run_stopped_on_a_longer_schedule_is_the_start_of_that_schedule(tmp_pa
     assert hs[1]["lr"] == pytest.approx(1e-3 * (1 - 1 / 4) ** 0.9, abs=1e-8)
     assert hs[1]["inner_lr"] == pytest.approx(0.1 * (1 - 1 / 4) ** 0.9, abs=1e-8)
     # a run's own length is the default horizon: the 2-epoch run without schedule_epochs decays faster
-    plain = train.run({**TINY_2D, "epochs": 2})
+    plain = train.run({**TINY_2D, "epochs": 2}, out=tmp_path / "plain")
     assert short["epochs"] == plain["epochs"] == 2
-    assert load_checkpoint(tmp_path / "short" / "checkpoint.pt")["history"][1]["lr"] > 1e-3 * 0.5 ** 0.9 - 1e-9
+    hp = load_checkpoint(tmp_path / "plain" / "checkpoint.pt")["history"]
+    assert hp[1]["lr"] == pytest.approx(1e-3 * 0.5 ** 0.9, abs=1e-8) and hp[1]["lr"] < hs[1]["lr"]
 
 
 def test_schedule_epochs_must_cover_the_run():
@@ -91,6 +92,11 @@ def test_score_run_scores_the_best_checkpoint_on_held_out_pairs(tmp_path):
     assert score_run(out, "test", 4, "best")["dice"] == -1.0             # same step: the cached value
     cache.write_text(json.dumps({**data, "dice": -1.0, "step": -5}))
     assert score_run(out, "test", 4, "best")["dice"] == pytest.approx(ref["dice"], abs=1e-12)
+    # retrained under another config of the same length (--overwrite): the old caches go, nothing stale returns
+    cache.write_text(json.dumps({**json.loads(cache.read_text()), "dice": -1.0}))
+    train.run({**TINY_2D, "epochs": 3, "lr": 2e-3}, out=out, overwrite=True)
+    assert not cache.exists()
+    assert score_run(out, "test", 4, "best")["dice"] != -1.0
 
 
 # -------------------------------------------------------------------------------------------- statistics
@@ -171,9 +177,13 @@ def test_run_converge_end_to_end(tmp_path):
     assert arm["seeds"] == [0, 1] and len(arm["points"]) == 4
     assert set(arm["curves"]) == {"unsupervised", "ofg"} and len(arm["equal_steps"]["rows"]) == 1
     dice = next(x for x in arm["test_best"] if x["metric"] == "dice")
+
+    def test_dice(folder):              # independently of score_run and its cache
+        model, cfg = load_model(folder / "best.pt")
+        return evaluate(model, from_config(cfg, "test"), 3, time_repeats=0)["dice"]
+    runs = tmp_path / "c" / "constant"
     assert dice["per_seed"] == pytest.approx(
-        [score_run(tmp_path / "c" / "constant" / f"ofg-seed{s}", "test", 3)["dice"]
-         - score_run(tmp_path / "c" / "constant" / f"unsupervised-seed{s}", "test", 3)["dice"] for s in (0, 1)])
+        [test_dice(runs / f"ofg-seed{s}") - test_dice(runs / f"unsupervised-seed{s}") for s in (0, 1)])
     text = markdown(r)
     assert "Verdict (2 seeds)" in text and "best checkpoint, test split" in text
     assert (tmp_path / "c" / "converge.json").exists()

@@ -133,14 +133,16 @@ def test_the_html_course_builds_from_an_executed_notebook(tmp_path, monkeypatch)
     import subprocess
     browser = shutil.which("chromium")
     if browser:
-        dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                              "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                              "--disable-sync", f"--user-data-dir={tmp_path / 'chromium'}",
+        run = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                              "--disable-quic", "--no-first-run", "--disable-background-networking",
+                              "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'chromium'}",
                               "--virtual-time-budget=8000", "--dump-dom",
                               (results / "html" / f"{src.stem}.html").as_uri()],
-                             capture_output=True, text=True, timeout=120).stdout
+                             capture_output=True, text=True, timeout=180)
+        dom = run.stdout
+        assert run.returncode == 0 and "<html" in dom, f"chromium failed ({run.returncode}): {run.stderr[-2000:]}"
         visible = html.unescape(re.sub(r"<[^>]+>", "", re.sub(r"<(script|style)[^>]*>.*?</\1>", "", dom, flags=re.S)))
-        assert dom.count("<mjx-container") >= 5 and "$$" not in visible
+        assert dom.count("<mjx-container") >= 5 and "$$" not in visible, run.stderr[-2000:]
 
 
 def test_a_profile_may_run_only_some_notebooks(tmp_path, monkeypatch):

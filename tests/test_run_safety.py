@@ -37,7 +37,7 @@ import sys, time
 from ofg_lib.runs import claim
 with claim(sys.argv[1], "training run"):
     print("held", flush=True)
-    time.sleep(120)
+    time.sleep(900)
 """
 
 
@@ -163,6 +163,7 @@ def test_resume_needs_a_run_to_resume(tmp_path):
         res = run_cli(["-m", "ofg_lib.train", "--config", str(config), "--out", str(folder), "--resume"])
         assert res.returncode == 1 and f"nothing to resume: {folder} holds no run" in res.stderr
         assert not (folder / "checkpoint.pt").exists()
+        assert folder.exists() == (folder.name == "empty")      # a mistyped --out is not created
     # what the runners use instead: resume when there is a run, start one when not
     assert train.run(TINY, out=tmp_path / "auto", resume="auto")["epochs"] == 1
 
@@ -257,6 +258,11 @@ def test_register_owns_its_outputs_and_lists_them(nifti_pair, tiny_run, tmp_path
     assert all(os.path.exists(v) for v in summary["outputs"].values())
     assert "dice" not in summary and "without a moving one (--moving-seg)" in summary["dice_note"]
     assert "without a moving one" in capsys.readouterr().out
+    # a registration that fails before it has anything to write leaves the earlier one's outputs
+    before = (out / "warped.nii.gz").read_bytes()
+    assert register_main(["--run", str(tiny_run), "--moving", str(out / "missing.nii.gz"), "--fixed",
+                          nifti_pair["fixed"], "--out", str(out)]) == 2
+    assert (out / "warped.nii.gz").read_bytes() == before and (out / "register.json").exists()
 
 
 def test_register_with_best_only_and_refusals(nifti_pair, tiny_run, tmp_path, capsys):
