@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .compare import train_history
+from .compare import _score, train_history
 from .evaluate import score_run
 from .paths import atomic_write, resolve, write_json
 from .stats import interval
@@ -76,10 +76,9 @@ def paired_rows(scores: dict, seeds, a: str = "unsupervised", b: str = "ofg", me
 
 
 def _last_k(history, k: int) -> dict:
-    rows = [r for r in history if r.get("val_dice") is not None][-k:]
-    keys = {"dice": "val_dice", "fold_fraction": "fold_fraction", "sdlogj": "sdlogj", "epe": "epe"}
-    return {m: (float(np.mean([r[v] for r in rows])) if rows and rows[0].get(v) is not None else None)
-            for m, v in keys.items()}
+    """The mean of a run's last k validations (compare's score), under this module's metric names."""
+    s = _score(history, math.inf, k, ("val_dice", "fold_fraction", "sdlogj", "epe"))
+    return {"dice": s["val_dice"], **{m: s[m] for m in ("fold_fraction", "sdlogj", "epe")}}
 
 
 def run_converge(spec: dict, out, log=print) -> dict:

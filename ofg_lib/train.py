@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import argparse
 import csv
-import warnings
 import dataclasses
+import functools
 import io
 import json
 import math
@@ -31,6 +31,7 @@ import os
 import re
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -284,35 +285,33 @@ def load_config(config=None, overrides=None) -> TrainConfig:
     return TrainConfig(**{k: v for k, v in values.items() if k in known})
 
 
-class _UniqueKeyLoader:
-    """A yaml SafeLoader that refuses duplicate keys (PyYAML keeps the last one silently)."""
+@functools.cache
+def _unique_key_loader():
+    """A yaml SafeLoader that refuses duplicate keys (PyYAML keeps the last one silently); built once."""
+    import yaml
 
-    @staticmethod
-    def build():
-        import yaml
+    class Loader(yaml.SafeLoader):
+        pass
 
-        class Loader(yaml.SafeLoader):
-            pass
+    def mapping(loader, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (line {key_node.start_mark.line + 1})", key_node.start_mark)
+            seen.add(key)
+        return yaml.SafeLoader.construct_mapping(loader, node, deep)
 
-        def mapping(loader, node, deep=False):
-            seen = set()
-            for key_node, _ in node.value:
-                key = loader.construct_object(key_node, deep=deep)
-                if key in seen:
-                    raise yaml.constructor.ConstructorError(
-                        None, None, f"duplicate key {key!r} (line {key_node.start_mark.line + 1})", key_node.start_mark)
-                seen.add(key)
-            return yaml.SafeLoader.construct_mapping(loader, node, deep)
-
-        Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
-        return Loader
+    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    return Loader
 
 
 def _yaml(text: str, where: str):
     """YAML text parsed with duplicate keys refused; a syntax error becomes a ValueError naming `where`."""
     import yaml
     try:
-        return yaml.load(text, Loader=_UniqueKeyLoader.build())
+        return yaml.load(text, Loader=_unique_key_loader())
     except yaml.constructor.ConstructorError as e:
         if (e.problem or "").startswith("duplicate key"):
             raise ValueError(f"{where}: {e.problem}: give each key once") from None

@@ -197,7 +197,7 @@ def test_run_converge_pairs_runs_that_stopped_at_different_steps(monkeypatch, tm
     def fake_history(cfg, folder):
         n = lengths[cfg["strategy"]]
         base = 0.6 if cfg["strategy"] == "unsupervised" else 0.55
-        return [{"step": 250 * (i + 1), "val_dice": base + 0.003 * i + 0.001 * cfg["seed"], "fold_fraction": 0.0,
+        return [{"epoch": i + 1, "step": 250 * (i + 1), "val_dice": base + 0.003 * i + 0.001 * cfg["seed"], "fold_fraction": 0.0,
                  "sdlogj": 0.05, "epe": 1.0, "sec_per_step_network": 0.01, "sec_per_step_inner": 0.0}
                 for i in range(n)]
 
