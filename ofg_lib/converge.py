@@ -31,8 +31,8 @@ from .evaluate import score_run
 from .paths import atomic_write, resolve, write_json
 from .stats import interval
 
-__all__ = ["paired_rows", "crossings", "seed_curves", "run_converge", "markdown", "plot_curves",
-           "plot_pareto", "STRATEGIES"]
+__all__ = ["paired_rows", "crossings", "seed_curves", "run_converge", "run_pareto", "pareto_markdown",
+           "markdown", "plot_curves", "plot_pareto", "STRATEGIES"]
 
 STRATEGIES = ("unsupervised", "ofg")
 COLLAPSE = 0.05      # a fall of validation Dice after its best this large is reported as a collapse
@@ -75,19 +75,45 @@ def paired_rows(scores: dict, seeds, a: str = "unsupervised", b: str = "ofg", me
     return rows
 
 
+def _plateaued(folder, history) -> bool:
+    """Whether the run in `folder` ended by the plateau rule (its summary says so, for the step it reached)."""
+    try:
+        summary = json.loads((Path(folder) / "summary.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(summary.get("stopped_early")) and summary.get("steps") == history[-1]["step"]
+
+
 def _last_k(history, k: int) -> dict:
     """The mean of a run's last k validations (compare's score), under this module's metric names."""
     s = _score(history, math.inf, k, ("val_dice", "fold_fraction", "sdlogj", "epe"))
     return {"dice": s["val_dice"], **{m: s[m] for m in ("fold_fraction", "sdlogj", "epe")}}
 
 
-def run_converge(spec: dict, out, log=print) -> dict:
+def stored_history(cfg: dict, folder) -> list | None:
+    """The history of the run in `folder` as it stands, without training: None when the folder holds no run; an
+    error when it holds a run of another config (as `train_history`'s exact reuse)."""
+    from .train import RUNTIME, config_differences, load_checkpoint, load_config
+    path = Path(folder) / "checkpoint.pt"
+    if not path.exists():
+        return None
+    state = load_checkpoint(path)
+    diff = config_differences(state["config"], load_config(cfg), RUNTIME)
+    if diff:
+        raise ValueError(f"{folder} holds a run of another config (stored -> requested): {'; '.join(diff)}")
+    return state["history"]
+
+
+def run_converge(spec: dict, out, log=print, train: bool = True) -> dict:
     """Train (or reuse) every arm x strategy x seed of `spec` under `out`; write converge.json there.
 
     `spec`: base (TrainConfig keys shared by all runs), setting (a name of `ofg_lib.study.SETTINGS`), arms
     ({name: overrides}, e.g. constant and long-poly schedules; `seeds` among an arm's overrides sets its own
     seeds), seeds, test_pairs, last_k. Runs go seed by seed,
     both strategies of a seed together, so an interrupted study still has complete pairs.
+    `train=False` trains nothing: it scores the runs as they stand (`stored_history`), skips seeds whose pair is
+    incomplete and marks runs that neither finished nor plateaued as `cut_short` (e.g. runs trained elsewhere
+    under a time limit).
     """
     from .study import identity_scores, setting_config
     out = Path(out)
@@ -105,7 +131,11 @@ def run_converge(spec: dict, out, log=print) -> dict:
                 folder = out / arm / f"{strat}-seed{seed}"
                 log(f"[converge] {arm}: {strat} seed {seed}")
                 t0 = time.perf_counter()
-                h = train_history({**base, **overrides, "strategy": strat, "seed": seed}, folder)
+                cfg = {**base, **overrides, "strategy": strat, "seed": seed}
+                h = train_history(cfg, folder) if train else stored_history(cfg, folder)
+                if not h:
+                    log(f"[converge] {folder}: no run, skipped (train=False)")
+                    continue
                 hist[(strat, seed)] = h
                 test[(strat, seed)] = score_run(folder, "test", n_test, "best")
                 last[(strat, seed)] = _last_k(h, k)
@@ -115,7 +145,9 @@ def run_converge(spec: dict, out, log=print) -> dict:
                                        "best_val_dice": vals[top], "last_val_dice": vals[-1],
                                        # how far validation Dice fell after its best (a collapse, if large)
                                        "drop_after_best": float(vals[top] - min(vals[top:])),
-                                       "stopped_early": h[-1]["step"] < cap,
+                                       "stopped_early": h[-1]["step"] < cap and _plateaued(folder, h),
+                                       # neither at the cap nor stopped by the plateau rule: cut off (train=False)
+                                       "cut_short": h[-1]["step"] < cap and not _plateaued(folder, h),
                                        # training seconds from the log (per-step times x steps; no validation)
                                        "train_s": float(sum((r["sec_per_step_network"] + r["sec_per_step_inner"]
                                                              + r.get("sec_per_step_data", 0.0))
@@ -125,6 +157,8 @@ def run_converge(spec: dict, out, log=print) -> dict:
                                                                         + r["sec_per_step_inner"] for r in h])),
                                        "wall_s_this_call": time.perf_counter() - t0}
             done = [s for s in arm_seeds if all((st, s) in hist for st in STRATEGIES)]
+            if not done:
+                continue
             # each strategy's curve over the steps all its seeds reached; the difference over the steps every
             # run of both strategies reached (runs stop at their own plateau)
             own = {st: seed_curves([hist[(st, s)] for s in done]) for st in STRATEGIES}
@@ -156,6 +190,91 @@ def run_converge(spec: dict, out, log=print) -> dict:
             write_json(out / "converge.json", result)
             atomic_write(out / "converge.md", markdown(result))
     return result
+
+
+def _label(cfg: dict) -> str:
+    """A Pareto point's label: the strategy and the smoothness weight of its loss."""
+    if cfg["strategy"] == "unsupervised":
+        return f"unsupervised, unsup_reg {cfg.get('unsup_reg', 1.0):g}"
+    return f"OFG, ofg_reg {cfg.get('ofg_reg', 0.02):g}"
+
+
+def run_pareto(spec: dict, out, log=print) -> dict:
+    """A fair baseline (issue 19, item 5): each strategy at several smoothness weights, one point per run.
+
+    `spec["pareto"]`: `arm` (the arm whose config and runs are the reference: its default-weight runs are reused
+    as points, nothing retrained), `seeds`, `variants` ({name: overrides with `strategy`}, e.g. unsup_reg 0.25).
+    Each run is trained (or reused) under `out/pareto/NAME-seedS` and its best-validation checkpoint scored on the
+    test split; the result lists one point per run (Dice, folds, SDlogJ, EPE) and per label the seed mean, std
+    (ddof 1) and a 95 % t interval of Dice.
+    """
+    from .study import setting_config
+    out = Path(out)
+    par = spec["pareto"]
+    base = {**spec["base"], **setting_config(spec["setting"], spec["base"]["img_size"])}
+    ref = {k: v for k, v in spec["arms"][par["arm"]].items() if k != "seeds"}
+    seeds, n_test = list(par["seeds"]), spec.get("test_pairs")
+    jobs = [(_label({"strategy": st}), out / par["arm"] / f"{st}-seed{s}", {**base, **ref, "strategy": st, "seed": s})
+            for st in STRATEGIES for s in seeds]
+    for name, over in par["variants"].items():
+        if "strategy" not in over:
+            raise ValueError(f"pareto variant {name!r} names no strategy")
+        cfg = {**base, **ref, **over}
+        jobs += [(_label(cfg), out / "pareto" / f"{name}-seed{s}", {**cfg, "seed": s}) for s in seeds]
+    points = []
+    for label, folder, cfg in jobs:
+        log(f"[pareto] {label}, seed {cfg['seed']}")
+        h = train_history(cfg, folder)
+        sc = score_run(folder, "test", n_test, "best")
+        points.append({"label": label, "strategy": cfg["strategy"], "seed": cfg["seed"], "steps": h[-1]["step"],
+                       "best_step": sc["step"], **{m: sc[m] for m in METRICS}})
+    summary = []
+    for label in dict.fromkeys(p["label"] for p in points):
+        mine = [p for p in points if p["label"] == label]
+        row = {"label": label, "n": len(mine)}
+        for m in METRICS:
+            v = np.array([p[m] for p in mine], dtype=float)
+            row[m] = float(v.mean())
+            row[f"{m}_std"] = float(v.std(ddof=1)) if len(v) > 1 else 0.0
+        summary.append(row)
+    result = {"spec": {"arm": par["arm"], "seeds": seeds, "variants": par["variants"], "reference": ref},
+              "points": points, "summary": summary, "dominated": dominated(summary)}
+    write_json(out / "pareto.json", result)
+    return result
+
+
+def dominated(summary: list[dict], x: str = "fold_fraction") -> dict:
+    """For each label, the labels that dominate its seed means (Dice at least as high and `x` at least as low,
+    one of them strictly): the points off the Pareto front, computed."""
+    out = {}
+    for a in summary:
+        out[a["label"]] = [b["label"] for b in summary if b is not a and b["dice"] >= a["dice"] and b[x] <= a[x]
+                           and (b["dice"] > a["dice"] or b[x] < a[x])]
+    return out
+
+
+def pareto_markdown(result: dict) -> str:
+    """The Pareto table: seed mean ± std of every label, and which labels each is dominated by."""
+    s = result["spec"]
+    lines = [f"Reference arm **{s['arm']}** ({json.dumps(s['reference'])}), seeds {s['seeds']}; each run's "
+             "best-validation checkpoint on the test split.", "",
+             "| strategy, weight | seeds | Dice | folds % | SDlogJ | EPE (vox) | dominated by (Dice and folds) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in result["summary"]:
+        dom = result["dominated"].get(r["label"]) or []
+        lines.append(f"| {r['label']} | {r['n']} | {r['dice']:.4f} ± {r['dice_std']:.4f} | "
+                     f"{100 * r['fold_fraction']:.4f} ± {100 * r['fold_fraction_std']:.4f} | {r['sdlogj']:.4f} ± "
+                     f"{r['sdlogj_std']:.4f} | {r['epe']:.3f} ± {r['epe_std']:.3f} | {'; '.join(dom) or 'none (on the front)'} |")
+    front = [r["label"] for r in result["summary"] if not result["dominated"].get(r["label"])]
+    best_u = max((r for r in result["summary"] if r["label"].startswith("unsup")), key=lambda r: r["dice"], default=None)
+    best_o = max((r for r in result["summary"] if r["label"].startswith("OFG")), key=lambda r: r["dice"], default=None)
+    lines += ["", f"On the front of seed means (Dice against folds): {', '.join(front)}."]
+    if best_u and best_o:
+        lines.append(f"Best unsupervised weight by Dice: {best_u['label']} ({best_u['dice']:.4f}, folds "
+                     f"{100 * best_u['fold_fraction']:.4f} %); best OFG weight: {best_o['label']} ({best_o['dice']:.4f}, "
+                     f"folds {100 * best_o['fold_fraction']:.4f} %); OFG - unsupervised at their best weights: "
+                     f"{best_o['dice'] - best_u['dice']:+.4f} Dice (seed means, not paired).")
+    return "\n".join(lines)
 
 
 def markdown(result: dict) -> str:
@@ -233,7 +352,8 @@ def verdict(arm: dict) -> str:
               f", 95 % CI [{e['difference_low']:+.4f}, {e['difference_high']:+.4f}]")
         what += (f"; at equal steps (each run's best validation Dice within the steps both runs of its seed "
                  f"reached) {e['difference_mean']:+.4f}{ci}, OFG ahead in {e['difference_ahead']} of {e['difference_n']}")
-    capped = [k for k, v in arm["runs"].items() if not v.get("stopped_early", True)]
+    capped = [k for k, v in arm["runs"].items() if not v.get("stopped_early", True) and not v.get("cut_short")]
+    cut = [k for k, v in arm["runs"].items() if v.get("cut_short")]
     collapsed = [k for k, v in arm["runs"].items() if v.get("drop_after_best", 0) > COLLAPSE]
     notes = ""
     if collapsed:
@@ -241,6 +361,9 @@ def verdict(arm: dict) -> str:
                   f"({', '.join(collapsed)}): the best checkpoint is scored, but those runs stopped improving there.")
     if capped:
         notes += f" {len(capped)} run(s) reached the step cap before the plateau rule held ({', '.join(capped)})."
+    if cut:
+        notes += (f" {len(cut)} run(s) were cut off (a time limit) before the cap or the plateau rule "
+                  f"({', '.join(cut)}): scored where they stopped.")
     return f"Verdict ({len(arm['seeds'])} seeds): {what}; {cross_txt}.{notes}"
 
 
@@ -286,10 +409,41 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m ofg_lib.converge", description=__doc__.split("\n\n")[0])
     p.add_argument("--spec", default="configs/studies/converge.yaml", help="YAML spec (see run_converge)")
     p.add_argument("--report", default="reports/converge", help="folder of the committed summary")
+    p.add_argument("--only", metavar="ARM/STRATEGY/SEED",
+                   help="train that one run and stop (no summary): for running the runs of a spec in parallel "
+                        "processes, e.g. on a GPU; a later call without --only reuses them")
+    p.add_argument("--device", help="device for --only (default: the spec's, or cpu)")
+    p.add_argument("--score-only", action="store_true",
+                   help="train nothing: score and summarise the runs as they stand (runs cut off by a time limit "
+                        "are marked so)")
     args = p.parse_args(argv)
     spec = yaml.safe_load(resolve(args.spec).read_text())
+    run_dir = resolve(spec.get("run_dir", "results/converge"))
+    if args.only:
+        from .study import setting_config
+        try:
+            arm, strat, seed = args.only.split("/")
+            over = {k: v for k, v in spec["arms"][arm].items() if k != "seeds"}
+            seed = int(seed)
+        except (ValueError, KeyError) as e:
+            p.error(f"--only {args.only!r}: give ARM/STRATEGY/SEED with an arm of the spec ({e})")
+        if strat not in STRATEGIES:
+            p.error(f"--only: strategy must be one of {STRATEGIES}, not {strat!r}")
+        cfg = {**spec["base"], **setting_config(spec["setting"], spec["base"]["img_size"]), **over,
+               "strategy": strat, "seed": seed}
+        if args.device:
+            cfg["device"] = args.device
+        t0 = time.perf_counter()
+        try:
+            h = train_history(cfg, run_dir / arm / f"{strat}-seed{seed}")
+        except KeyboardInterrupt:       # a deadline (scripts/converge_parallel.py): the last epoch's checkpoint stays
+            print(f"[converge] {args.only}: interrupted after {time.perf_counter() - t0:.0f} s", flush=True)
+            raise SystemExit(130)
+        print(f"[converge] {args.only}: {h[-1]['step']} steps, last val Dice {h[-1].get('val_dice')}, "
+              f"{time.perf_counter() - t0:.0f} s")
+        return
     t0 = time.perf_counter()
-    result = run_converge(spec, resolve(spec.get("run_dir", "results/converge")))
+    result = run_converge(spec, run_dir, train=not args.score_only)
     report = resolve(args.report)
     report.mkdir(parents=True, exist_ok=True)
     result["wall_s_this_call"] = time.perf_counter() - t0
@@ -298,6 +452,28 @@ def main(argv=None):
     atomic_write(report / "converge.md", markdown(result))
     save_figure(result, report / "converge.png")
     print(markdown(result))
+    if "pareto" in spec and not args.score_only:
+        par = run_pareto(spec, run_dir)
+        par["machine"] = result["machine"]
+        write_json(report / "pareto.json", par)
+        atomic_write(report / "pareto.md", pareto_markdown(par))
+        save_pareto_figure(par, report / "pareto.png")
+        print(pareto_markdown(par))
+
+
+def save_pareto_figure(result: dict, path) -> Path:
+    """Dice against folds and against SDlogJ, one point per run of `run_pareto`, as a PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, x in zip(axes, ("fold_fraction", "sdlogj")):
+        plot_pareto(result["points"], x, ax=ax)
+    fig.suptitle(f"each strategy at several smoothness weights ({result['spec']['arm']} arm; test split)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return Path(path)
 
 
 def save_figure(result: dict, path) -> Path:

@@ -8,6 +8,11 @@
 #     OUT=/tmp/gpu TOTAL_S=420 bash scripts/gpu_run.sh     # elsewhere, a tighter budget
 #     NOTEBOOKS="02 05" BENCH_REPEATS=3 bash scripts/gpu_run.sh
 #     DEVICE=cpu SIZE="32 32 32" PROFILE=cpu NOTEBOOKS=02 bash scripts/gpu_run.sh   # rehearse the plumbing on CPU
+#     PY=python3 SETUP_S=0 bash scripts/gpu_run.sh        # a machine without network: packages already importable
+#
+# Parts, in this order: setup, the benchmark, the notebooks in NOTEBOOKS, the 3-D confirmation of issue 19
+# (CONVERGE3D_S seconds: scripts/converge_parallel.py on configs/studies/converge3d.yaml, training stopped at
+# CONVERGE3D_TRAIN_S; report in $OUT/converge3d; 0 skips it), then the notebooks in NOTEBOOKS_LAST.
 #
 # Exit status 0 when every part finished, 1 otherwise; the log is $OUT/gpu_run.log.
 set -uo pipefail  # not -e: a failed part must not stop the parts after it, nor the copy at the end
@@ -19,11 +24,15 @@ SETUP_S=${SETUP_S:-240}            # make setup (installs the CUDA build of torc
 BENCH_S=${BENCH_S:-200}            # benchmarks/bench_gpu.py at 160x192x224
 BENCH_REPEATS=${BENCH_REPEATS:-5}
 NOTEBOOKS=${NOTEBOOKS-02 03 04 05}  # empty: none
+NOTEBOOKS_LAST=${NOTEBOOKS_LAST-}   # run after the 3-D confirmation
+CONVERGE3D_S=${CONVERGE3D_S:-0}     # the 3-D confirmation (issue 19); 0: skipped
+CONVERGE3D_TRAIN_S=${CONVERGE3D_TRAIN_S:-180}
+CONVERGE3D_SPEC=${CONVERGE3D_SPEC:-configs/studies/converge3d.yaml}
 PROFILE=${PROFILE:-gpu_short}      # params/$PROFILE.yaml
 DEVICE=${DEVICE:-cuda}             # cpu only to rehearse this script
 SIZE=${SIZE:-160 192 224}
 RESERVE_S=30                       # kept back for timeout's grace period and the copy at the end
-PY=.venv/bin/python
+PY=${PY:-.venv/bin/python}         # python3 where the packages are importable without a venv (SETUP_S=0)
 export PYDEVD_DISABLE_FILE_VALIDATION=1  # as the Makefile does
 
 mkdir -p "$OUT"
@@ -82,7 +91,11 @@ main() {
     echo "== gpu_run: $(date -u +%FT%TZ), revision $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
     if command -v nvidia-smi >/dev/null; then nvidia-smi; else echo "nvidia-smi not found"; fi
 
-    part "setup" "$SETUP_S" make setup
+    if ((SETUP_S > 0)); then
+        part "setup" "$SETUP_S" make setup
+    else
+        echo "== setup: skipped (SETUP_S=0), using $PY"
+    fi
     "$PY" -c 'import torch; print("torch", torch.__version__, "| cuda", torch.version.cuda, "| cudnn",
 torch.backends.cudnn.version(), "| GPU:", torch.cuda.is_available() and torch.cuda.get_device_name(0))'
     if [[ $DEVICE == cuda ]] && ! "$PY" -c 'import torch, sys; sys.exit(not torch.cuda.is_available())'; then
@@ -98,6 +111,13 @@ torch.backends.cudnn.version(), "| GPU:", torch.cuda.is_available() and torch.cu
     # One notebook per call, so that one failing does not stop the others. This is what `make reproduce
     # PROFILE=gpu_short` runs after `make setup`, but the Makefile has no way to pass --only.
     for nb in $NOTEBOOKS; do
+        part "notebook $nb" "$TOTAL_S" "$PY" scripts/notebooks.py reproduce --profile "$PROFILE" --only "$nb"
+    done
+    if ((CONVERGE3D_S > 0)); then
+        part "converge3d" "$CONVERGE3D_S" "$PY" scripts/converge_parallel.py "$CONVERGE3D_SPEC" \
+            --train-s "$CONVERGE3D_TRAIN_S" --report "$OUT/converge3d"
+    fi
+    for nb in $NOTEBOOKS_LAST; do
         part "notebook $nb" "$TOTAL_S" "$PY" scripts/notebooks.py reproduce --profile "$PROFILE" --only "$nb"
     done
     finish

@@ -2,6 +2,7 @@
 checkpoint, paired intervals, crossovers, and premise-aware ablation verdicts."""
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -278,3 +279,93 @@ def test_the_coarse_energy_downsample_optimizer_is_refinement_on_coarse_images()
     assert r.final_energy < r.energies[0]                                   # it lowers its own (coarse) energy
     full = refine_with_history(d, m, f, steps=5, lr=0.1, downsample=2)     # today's design: another field
     assert not torch.allclose(full.disp, r.disp)
+
+
+def test_score_only_trains_nothing_and_marks_runs_cut_by_a_time_limit(tmp_path):
+    """`train=False` (the GPU path: runs trained in parallel processes under a time limit, scored afterwards)."""
+    from ofg_lib.compare import train_history
+    from ofg_lib.converge import stored_history
+    from ofg_lib.study import setting_config
+
+    spec = {"setting": "today", "seeds": [0, 1], "test_pairs": 2,
+            "base": {**TINY_2D, "epochs": 2, "steps_per_epoch": 2, "lr_schedule": "constant",
+                     "inner_lr_schedule": "constant"},
+            "arms": {"a": {}}}
+    base = {**spec["base"], **setting_config("today", TINY_2D["img_size"])}
+
+    class Cut(Exception):
+        pass
+
+    def stop_after_first_epoch(trainer, row):
+        raise Cut
+
+    for strat in ("unsupervised", "ofg"):          # seed 0: both finished; seed 1: only OFG, cut after epoch 1
+        train_history({**base, "strategy": strat, "seed": 0}, tmp_path / "a" / f"{strat}-seed0")
+    with pytest.raises(Cut):
+        train_history({**base, "strategy": "ofg", "seed": 1}, tmp_path / "a" / "ofg-seed1",
+                      callbacks=[stop_after_first_epoch])
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    r = run_converge(spec, tmp_path, log=lambda m: None, train=False)
+    arm = r["arms"]["a"]
+    assert arm["seeds"] == [0]                              # seed 1's pair is incomplete: skipped, not trained
+    assert not (tmp_path / "a" / "unsupervised-seed1").exists()
+    assert stored_history({**base, "strategy": "ofg", "seed": 1}, tmp_path / "a" / "ofg-seed1")[-1]["step"] == 2
+    assert not any(v["cut_short"] for v in arm["runs"].values())
+    # the cut run, paired with a finished one: marked cut, and the verdict says so
+    train_history({**base, "strategy": "unsupervised", "seed": 1}, tmp_path / "a" / "unsupervised-seed1")
+    r = run_converge(spec, tmp_path, log=lambda m: None, train=False)
+    runs = r["arms"]["a"]["runs"]
+    assert runs["ofg/1"]["cut_short"] and runs["ofg/1"]["steps"] == 2 and not runs["ofg/1"]["stopped_early"]
+    assert "1 run(s) were cut off" in markdown(r)
+    assert len(before) <= len(sorted(p.name for p in tmp_path.rglob("*")))
+    # a stored run of another config is refused, not scored
+    with pytest.raises(ValueError, match="another config"):
+        stored_history({**base, "strategy": "ofg", "seed": 1, "lr": 0.5}, tmp_path / "a" / "ofg-seed1")
+
+
+def test_pareto_points_labels_and_the_computed_front(tmp_path, monkeypatch):
+    import ofg_lib.converge as C
+
+    monkeypatch.setattr(C, "train_history", lambda cfg, folder: [{"step": 10}])
+    fake = {("unsupervised", 1.0): (0.60, 0.010), ("ofg", 0.02): (0.65, 0.001),
+            ("unsupervised", 0.25): (0.66, 0.050), ("ofg", 0.05): (0.63, 0.002)}
+
+    def fake_score(folder, *a, **k):
+        name = Path(folder).name
+        strat = "ofg" if "ofg" in name else "unsupervised"
+        w = 0.25 if "0.25" in name else 0.05 if "0.05" in name else 1.0 if strat == "unsupervised" else 0.02
+        d, f = fake[(strat, w)]
+        seed = int(name[-1])
+        return {"dice": d + 0.001 * seed, "fold_fraction": f, "sdlogj": 0.05, "epe": 1.0, "step": 10}
+
+    monkeypatch.setattr(C, "score_run", fake_score)
+    spec = {"setting": "today", "seeds": [0], "test_pairs": 2, "base": {**TINY_2D},
+            "arms": {"a": {"lr": 3e-4, "seeds": [0, 1]}},
+            "pareto": {"arm": "a", "seeds": [0, 1], "variants": {
+                "unsup_reg_0.25": {"strategy": "unsupervised", "unsup_reg": 0.25}, "ofg_reg_0.05": {"strategy": "ofg", "ofg_reg": 0.05}}}}
+    r = C.run_pareto(spec, tmp_path, log=lambda m: None)
+    assert len(r["points"]) == 8
+    labels = [x["label"] for x in r["summary"]]
+    assert labels == ["unsupervised, unsup_reg 1", "OFG, ofg_reg 0.02", "unsupervised, unsup_reg 0.25",
+                      "OFG, ofg_reg 0.05"]
+    dice = {x["label"]: x["dice"] for x in r["summary"]}
+    assert dice["OFG, ofg_reg 0.02"] == pytest.approx(0.6505)
+    # unsup 1 is dominated by OFG 0.02 (more Dice, fewer folds) and by OFG 0.05; OFG 0.05 by OFG 0.02
+    assert set(r["dominated"]["unsupervised, unsup_reg 1"]) == {"OFG, ofg_reg 0.02", "OFG, ofg_reg 0.05"}
+    assert r["dominated"]["OFG, ofg_reg 0.05"] == ["OFG, ofg_reg 0.02"]
+    assert r["dominated"]["OFG, ofg_reg 0.02"] == [] and r["dominated"]["unsupervised, unsup_reg 0.25"] == []
+    text = C.pareto_markdown(r)
+    assert "on the front" in text and "+0.0000" not in text
+    with pytest.raises(ValueError, match="names no strategy"):
+        C.run_pareto({**spec, "pareto": {**spec["pareto"], "variants": {"x": {"unsup_reg": 2}}}}, tmp_path,
+                     log=lambda m: None)
+
+
+def test_only_refuses_an_unknown_arm_or_strategy(tmp_path, capsys):
+    from ofg_lib.converge import main
+    spec = tmp_path / "s.yaml"
+    spec.write_text("setting: today\nseeds: [0]\nbase: {img_size: [32, 48]}\narms: {a: {}}\n")
+    for only in ("b/ofg/0", "a/ofg", "a/nope/0", "a/ofg/x"):
+        with pytest.raises(SystemExit) as e:
+            main(["--spec", str(spec), "--only", only])
+        assert e.value.code == 2
