@@ -389,11 +389,30 @@ def parse_args(argv=None):
     p.add_argument("--atol", type=float, default=1e-3, help="voxels: a field differs from refine's beyond this")
     p.add_argument("--max-frac", type=float, default=5e-3, help="share of voxels allowed beyond --atol (0.5%%)")
     p.add_argument("--out", type=Path, default=Path("results/bench_gpu.json"))
+    p.add_argument("--summarise", type=Path, metavar="JSON",
+                   help="measure nothing: compute the ratios and goals of a run cut short (its JSON) from the rows "
+                        "it measured, and rewrite it and its Markdown table (still marked incomplete)")
     return p.parse_args(argv)
+
+
+def resummarise(path: Path) -> "Report":
+    """The ratios and goals of a saved (possibly incomplete) run, from its rows; a goal whose row is missing
+    reads 'not measured'."""
+    data = json.loads(Path(path).read_text())
+    meta = {k: v for k, v in data.items() if k not in ("complete", "rows", "ratios", "goals")}
+    rep = Report(meta, Path(path))
+    rep.rows = data["rows"]
+    summarise(rep, meta["models"], meta["goals_judged"])
+    rep.save(complete=bool(data.get("complete")))
+    return rep
 
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.summarise:
+        rep = resummarise(args.summarise)
+        print(rep.markdown(bool(json.loads(args.summarise.read_text()).get("complete"))))
+        return rep
     torch.set_num_threads(args.threads)
     dev = resolve_device(args.device)
     size = tuple(args.size)

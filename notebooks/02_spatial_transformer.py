@@ -77,20 +77,25 @@ axes[3].set_title("warped labels")
 plt.tight_layout()
 plt.show()
 tissue_dice = dice(labels, warped_labels, range(1, 13))
-print("Dice(template labels, warped labels), labels 1-12:", np.round(tissue_dice.numpy(), 2))
+print("Dice(template labels, warped labels), labels 1-12:", np.round(tissue_dice.cpu().numpy(), 2))
 
 # %% [markdown]
 # ## 3. Agreement with an independent reference
 # `scipy.ndimage.map_coordinates` with `order=1` and `mode="grid-constant"` (zero outside, interpolating
 # toward it within one voxel) computes the same thing in float64. The unit tests check this at small
-# sizes; here is the check on the template.
+# sizes; here is the check on the template. How close is close enough? `grid_sample` works in float32 on
+# coordinates normalised to [-1, 1] and maps them back to voxels, and each rounding there is relative to the
+# coordinate, up to the side length n: a sample point moves by up to about 2 n eps voxels (eps = 1.2e-7, the
+# float32 spacing at 1), and the intensity (at most 1 per voxel of slope here) with it. So the bound grows with
+# the volume: 2.7e-5 at 112 voxels, 5.3e-5 at the paper's 224 (on an H200 at 160x192x224, `scripts/gpu_run.sh` printed 1.62e-05).
 
 # %%
 coords = identity_grid(size, dtype=torch.float64)[0].numpy() + disp[0].double().cpu().numpy()
 ref = map_coordinates(image[0, 0].double().cpu().numpy(), coords, order=1, mode="grid-constant", cval=0.0)
 err = np.abs(warped[0, 0].double().cpu().numpy() - ref).max()
-print(f"max |ofg_lib.warp - scipy| = {err:.2e}")
-assert err < 1e-5
+tol = 2 * np.finfo(np.float32).eps * max(size)
+print(f"max |ofg_lib.warp - scipy| = {err:.2e} (float32 bound at this size: {tol:.1e})")
+assert err < tol
 
 # %% [markdown]
 # ## 4. Composing fields

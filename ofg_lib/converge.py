@@ -92,16 +92,49 @@ def _last_k(history, k: int) -> dict:
 
 def stored_history(cfg: dict, folder) -> list | None:
     """The history of the run in `folder` as it stands, without training: None when the folder holds no run; an
-    error when it holds a run of another config (as `train_history`'s exact reuse)."""
+    error when it holds a run of another config (as `train_history`'s exact reuse).
+
+    A folder without checkpoints (the logs a GPU session sent back: config.json, log.csv, summary.json and the
+    score caches, see scripts/converge_parallel.py) is read from config.json and log.csv."""
     from .train import RUNTIME, config_differences, load_checkpoint, load_config
-    path = Path(folder) / "checkpoint.pt"
-    if not path.exists():
+    folder = Path(folder)
+    path = folder / "checkpoint.pt"
+    if path.exists():
+        state = load_checkpoint(path)
+        stored, history = state["config"], state["history"]
+    elif (folder / "config.json").exists() and (folder / "log.csv").exists():
+        stored, history = json.loads((folder / "config.json").read_text()), _read_log(folder / "log.csv")
+    else:
         return None
-    state = load_checkpoint(path)
-    diff = config_differences(state["config"], load_config(cfg), RUNTIME)
+    diff = config_differences(stored, load_config(cfg), RUNTIME)
     if diff:
         raise ValueError(f"{folder} holds a run of another config (stored -> requested): {'; '.join(diff)}")
-    return state["history"]
+    return history
+
+
+def _read_log(path) -> list[dict]:
+    """log.csv as the trainer's history rows: numbers as int or float, empty cells as None."""
+    import csv
+
+    def num(v):
+        if v in ("", None):
+            return None
+        f = float(v)
+        return int(f) if f.is_integer() and "." not in v and "e" not in v.lower() else f
+    with open(path, newline="") as fh:
+        return [{k: num(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+
+
+def stored_score(folder, split: str, n, which: str = "best") -> dict:
+    """`evaluate.score_run` where the checkpoint is there; else the score cache the run's machine wrote (the
+    logs of a GPU session), which records the step, epoch and config of the checkpoint it scored."""
+    folder = Path(folder)
+    if (folder / {"best": "best.pt", "last": "checkpoint.pt"}[which]).exists():
+        return score_run(folder, split, n, which)
+    cache = folder / f"score-{which}-{split}-{n if n is not None else 'all'}.json"
+    if not cache.exists():
+        raise FileNotFoundError(f"{folder} has neither its {which} checkpoint nor a score cache {cache.name}")
+    return json.loads(cache.read_text())
 
 
 def run_converge(spec: dict, out, log=print, train: bool = True) -> dict:
@@ -137,7 +170,8 @@ def run_converge(spec: dict, out, log=print, train: bool = True) -> dict:
                     log(f"[converge] {folder}: no run, skipped (train=False)")
                     continue
                 hist[(strat, seed)] = h
-                test[(strat, seed)] = score_run(folder, "test", n_test, "best")
+                test[(strat, seed)] = (score_run(folder, "test", n_test, "best") if train
+                                       else stored_score(folder, "test", n_test, "best"))
                 last[(strat, seed)] = _last_k(h, k)
                 vals = [r["val_dice"] for r in h if r.get("val_dice") is not None]
                 top = int(np.argmax(vals))
@@ -332,7 +366,14 @@ def verdict(arm: dict) -> str:
     row = next((x for x in arm["test_best"] if x["metric"] == "dice"), None)
     if row is None:
         return "No Dice row yet."
-    if row["difference_low"] is None:
+    cut = [k for k, v in arm["runs"].items() if v.get("cut_short")]
+    if cut:
+        lo, hi = row["difference_low"], row["difference_high"]
+        ci = "" if lo is None else f" (95 % CI [{lo:+.4f}, {hi:+.4f}])"
+        what = (f"not a converged comparison, since {len(cut)} run(s) were cut by a time limit before the cap or "
+                f"the plateau rule: on the test split OFG - unsupervised {row['difference_mean']:+.4f} Dice{ci} "
+                f"compares runs of unequal length, and the equal-steps row is the like-for-like one")
+    elif row["difference_low"] is None:
         what = f"one seed pair only: OFG - unsupervised {row['difference_mean']:+.4f} Dice (no interval)"
     elif row["difference_significant"]:
         side = "ahead of" if row["difference_mean"] > 0 else "behind"
@@ -413,6 +454,7 @@ def main(argv=None):
                    help="train that one run and stop (no summary): for running the runs of a spec in parallel "
                         "processes, e.g. on a GPU; a later call without --only reuses them")
     p.add_argument("--device", help="device for --only (default: the spec's, or cpu)")
+    p.add_argument("--machine", help="where the runs were trained, for the report (default: this machine)")
     p.add_argument("--score-only", action="store_true",
                    help="train nothing: score and summarise the runs as they stand (runs cut off by a time limit "
                         "are marked so)")
@@ -447,7 +489,8 @@ def main(argv=None):
     report = resolve(args.report)
     report.mkdir(parents=True, exist_ok=True)
     result["wall_s_this_call"] = time.perf_counter() - t0
-    result["machine"] = f"{os.cpu_count()} CPU cores ({platform.machine()}), torch threads {torch.get_num_threads()}"
+    result["machine"] = args.machine or (f"{os.cpu_count()} CPU cores ({platform.machine()}), torch threads "
+                                         f"{torch.get_num_threads()}")
     write_json(report / "converge.json", result)
     atomic_write(report / "converge.md", markdown(result))
     save_figure(result, report / "converge.png")

@@ -3,7 +3,10 @@ committed summaries, never typed. `python scripts/readme_blocks.py` rewrites the
 that the README holds what this computes.
 
 - `verdicts`: the ablation verdicts (`ofg_lib.sweep`, from reports/ablations/*.json);
-- `converge`: the run-to-plateau study's verdict per arm (`ofg_lib.converge.verdict`, reports/converge/converge.json).
+- `converge`: the run-to-plateau study's verdict per arm (`ofg_lib.converge.verdict`, reports/converge/converge.json);
+- `converge3d`: the same for the 3-D confirmation (reports/converge3d/converge.json);
+- `pareto`: both strategies at several smoothness weights (`ofg_lib.converge.pareto_markdown`, reports/converge/pareto.json);
+- `gpu`: the GPU benchmark's rows, ratios and goals (benchmarks/results/bench_gpu_h200.json).
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def blocks() -> dict:
-    from ofg_lib.converge import verdict
+    from ofg_lib.converge import pareto_markdown, verdict
     from ofg_lib.sweep import CLAIMS, ablation_verdicts, verdicts_markdown
     out = {}
     folder = ROOT / "reports" / "ablations"
@@ -29,6 +32,23 @@ def blocks() -> dict:
                                     for arm, a in r["arms"].items()) + "\n"
     else:
         out["converge"] = "(no committed summary yet: run `python -m ofg_lib.converge`)\n"
+    conv3 = ROOT / "reports" / "converge3d" / "converge.json"
+    if conv3.exists():
+        r = json.loads(conv3.read_text())
+        out["converge3d"] = "\n".join(f"- **{arm}** ({r['spec']['base']['img_size']}, trained on {r.get('machine')}): "
+                                      f"{verdict(a)}" for arm, a in r["arms"].items()) + "\n"
+    else:
+        out["converge3d"] = "(no committed summary yet: `CONVERGE3D_S=300 bash scripts/gpu_run.sh` on a GPU)\n"
+    par = ROOT / "reports" / "converge" / "pareto.json"
+    out["pareto"] = (pareto_markdown(json.loads(par.read_text())) + "\n" if par.exists() else
+                     "(no committed summary yet: `python -m ofg_lib.converge` runs the spec's `pareto` section)\n")
+    bench = ROOT / "benchmarks" / "results" / "bench_gpu_h200.json"
+    if bench.exists():
+        md = (bench.with_suffix(".md")).read_text()
+        out["gpu"] = md.split("\n", 1)[1].lstrip("\n").replace("\n# ", "\n#### ")
+        out["gpu"] = md.splitlines()[0].lstrip("# ") + "\n" + out["gpu"]
+    else:
+        out["gpu"] = "(no GPU measurement committed yet: `bash scripts/gpu_run.sh` on a GPU)\n"
     return out
 
 

@@ -56,3 +56,31 @@ def test_the_benchmark_loops_compute_what_refine_computes_in_float64():
              "unfused adam": bench.lever_loop(bench.make_energy(moving, fixed), disp, fused=False)}
     for name, field in loops.items():
         assert float((field - expected).abs().max()) < 1e-8, name
+
+
+def test_a_run_cut_short_is_summarised_from_the_rows_it_measured(tmp_path):
+    """`--summarise`: the goals of a GPU run cut by its time budget, computed from its rows; missing rows read
+    'not measured', and the run stays marked incomplete."""
+    b = load_bench()
+    meta = {"device": "cuda", "device_name": "GPU", "torch": "x", "cuda": "13.0", "size": [160, 192, 224],
+            "threads": 2, "repeats": 3, "models": ["voxelmorph-1", "transmorph"], "atol_voxels": 1e-3,
+            "max_frac": 5e-3, "peak_memory": "MiB", "tf32": {}, "goals_judged": True}
+
+    def row(name, ms, peak=None, vs=None):
+        return {"section": "x", "name": name, "ms": ms, "peak_mib": peak, "vs": vs, "ratio": None,
+                "max_abs_diff": None, "frac_over_atol": None, "energy_rel_diff": None, "agrees": None, "skipped": None}
+    vm, tm = b.step_names("voxelmorph-1"), b.step_names("transmorph")
+    rows = [row(b.LOOP_OURS, 40.0), row(b.LOOP_PAPER, 400.0), row(vm["unsup"], 50.0), row(vm["ofg"], 100.0, 10.0),
+            row(vm["ofg_paper"], 900.0, 12.0), row(tm["ofg"], 310.0, 20.0)]
+    path = tmp_path / "bench_gpu.json"
+    path.write_text(json.dumps({**meta, "complete": False, "rows": rows, "ratios": {}, "goals": []}))
+    b.main(["--summarise", str(path)])
+    data = json.loads(path.read_text())
+    goals = {g["text"].split(":")[0]: g for g in data["goals"]}
+    assert data["complete"] is False and len(data["rows"]) == 6
+    assert goals["10-step inner loop at 160x192x224"]["status"] == "not met"          # 40 > 30 ms
+    assert goals["VoxelMorph-1 OFG step (published unsupervised step on H100"]["status"] == "met"   # 100 <= 121
+    assert goals["TransMorph OFG step"]["status"] == "not met"                          # 310 > 300
+    assert goals["voxelmorph-1"]["status"] == "met" and goals["transmorph"]["status"] == "not measured"
+    assert data["ratios"]["10-step loop: published / ours"] == 10.0
+    assert "(incomplete)" in path.with_suffix(".md").read_text()
