@@ -27,6 +27,7 @@ threads = 2  # threads of the classical toolkits (and of torch)
 
 # %%
 import ipywidgets as widgets
+from IPython.display import Markdown, display
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
@@ -183,7 +184,7 @@ notes = (f"Embedded cohort ({cfg['dataset']}, {size}), first {n_rep} validation 
          f"Inference on {dev} for the networks, CPU ({threads} threads) for the classical methods. The paper's "
          "columns are its IXI rows (real data, 160x192x224, 500 epochs on a GPU): not comparable number for number.")
 paths = write_report(classical + networks, resolve(report_dir), notes=notes)
-print(paths["md"].read_text())
+display(Markdown(paths["md"].read_text()))
 assert all(r["status"] == "ok" or r["status"].startswith("not installed") for r in classical + networks)
 
 # %% [markdown]

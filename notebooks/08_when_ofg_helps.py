@@ -231,6 +231,41 @@ else:
     print(f"no committed summary at {path}: run `python -m ofg_lib.converge`")
 
 # %% [markdown]
+# **A fair baseline.** OFG trades Dice for smoothness, and the baseline's smoothness weight was fixed at 1. The
+# spec's `pareto` section trains both strategies at several weights (unsup_reg 0.25-2, ofg_reg 0.01-0.05) on the
+# lr 3e-4 arm and scores each run like the headline; a strategy is better only where its points lie above and
+# to the left of the other's (more Dice, fewer folds). Which labels are dominated is computed, not read off.
+
+# %%
+path = resolve(converge_report) / "pareto.json"
+if path.exists():
+    par = json.loads(path.read_text())
+    display(Markdown(converge.pareto_markdown(par)))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    for ax, x in zip(axes, ("fold_fraction", "sdlogj")):
+        converge.plot_pareto(par["points"], x, ax=ax)
+    plt.tight_layout()
+    plt.show()
+else:
+    print(f"no committed summary at {path}: run `python -m ofg_lib.converge` (its `pareto` section)")
+
+# %% [markdown]
+# **In 3-D.** The same study at 48x64x64 (`configs/studies/converge3d.yaml`) was trained on a GPU
+# (`scripts/gpu_run.sh`, part `converge3d`), under a time limit that cut the OFG runs short; the verdict says so
+# and points to the row at equal steps, the only like-for-like one there.
+
+# %%
+path = resolve(converge_report).parent / "converge3d" / "converge.json"
+if path.exists():
+    conv3 = json.loads(path.read_text())
+    for arm, a in conv3["arms"].items():
+        display(Markdown(f"**{arm}**, trained on {conv3.get('machine')}: {converge.verdict(a)}"))
+        converge.plot_curves(conv3, arm)
+        plt.show()
+else:
+    print(f"no committed summary at {path}: `CONVERGE3D_S=300 bash scripts/gpu_run.sh` on a GPU")
+
+# %% [markdown]
 # ## Summary
 # - A claim about a training method is a claim about a regime: ask it along the axes it depends on, paired by
 #   seed, at equal steps and at equal time, and let the table write the conclusion.

@@ -58,7 +58,7 @@ def load_run(run_dir, device="cpu", which: str = "last"):
 
 @torch.no_grad()
 def evaluate(model, dataset, n: int | None = None, device="cpu", time_repeats: int = 3, amp: bool = False,
-             absent: str = "skip") -> dict:
+             absent: str = "skip", progress: str | None = None) -> dict:
     """Metrics of `model` on the first `n` pairs of `dataset` (the trainer's validation uses this too).
 
     `dice`: per pair, the mean over the scored labels, then the mean over pairs (`dice_std` over pairs), as the
@@ -68,12 +68,14 @@ def evaluate(model, dataset, n: int | None = None, device="cpu", time_repeats: i
     `fold_fraction_brain` over the fixed image's labelled voxels (as the paper's text). A non-finite prediction
     scores NaN in every metric. `lncc` and `grad_l2` are the two terms of the unsupervised loss on these pairs (the
     paper's Table 2 compares models by this "convergence loss"). `time_repeats=0` skips the inference timing;
-    `amp` runs the network under bf16 autocast (GPU).
+    `amp` runs the network under bf16 autocast (GPU). `progress`: a label for a progress bar over the pairs
+    (`ofg_lib.progress`: quiet under CI), e.g. for a classical method that takes seconds per pair.
     """
     n = len(dataset) if n is None else min(n, len(dataset))
     dev = torch.device(device)
     per_label, folds, folds_brain, logj, epes, sims, regs = [], [], [], [], [], [], []
-    for i in range(n):
+    from .progress import progress_bar
+    for i in progress_bar(range(n), disable=progress is None, desc=progress, leave=False):
         item = {k: v[None].to(dev) for k, v in dataset[i].items() if k != "id"}
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
             phi = model(torch.cat([item["moving"], item["fixed"]], 1))

@@ -60,7 +60,7 @@ def classical_row(method: str, dataset, n: int, threads: int | None = None, abse
     if reason:
         return {**row, "status": reason}, None
     model = Baseline(method, threads=threads, **options)
-    r = evaluate(model, dataset, n, time_repeats=0, absent=absent)
+    r = evaluate(model, dataset, n, time_repeats=0, absent=absent, progress=f"{method} ({n} pairs)")
     row.update(status="ok", dice_base=r["dice"], dice_base_std=r["dice_std"], folds_base=100 * r["fold_fraction"],
                folds_brain_base=100 * r["fold_fraction_brain"], sdlogj_base=r["sdlogj"], epe_base=r["epe"],
                infer_s=float(np.mean(model.seconds)), infer_device="cpu")

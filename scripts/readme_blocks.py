@@ -6,7 +6,8 @@ that the README holds what this computes.
 - `converge`: the run-to-plateau study's verdict per arm (`ofg_lib.converge.verdict`, reports/converge/converge.json);
 - `converge3d`: the same for the 3-D confirmation (reports/converge3d/converge.json);
 - `pareto`: both strategies at several smoothness weights (`ofg_lib.converge.pareto_markdown`, reports/converge/pareto.json);
-- `gpu`: the GPU benchmark's rows, ratios and goals (benchmarks/results/bench_gpu_h200.json).
+- `gpu`: the GPU benchmark's rows, ratios and goals (benchmarks/results/bench_gpu_h200.json);
+- `cpu_bench`: the CPU convolution path against PyTorch's (benchmarks/results/bench_cpu.md).
 """
 from __future__ import annotations
 
@@ -49,6 +50,9 @@ def blocks() -> dict:
         out["gpu"] = md.splitlines()[0].lstrip("# ") + "\n" + out["gpu"]
     else:
         out["gpu"] = "(no GPU measurement committed yet: `bash scripts/gpu_run.sh` on a GPU)\n"
+    cpu = ROOT / "benchmarks" / "results" / "bench_cpu.md"
+    out["cpu_bench"] = (cpu.read_text().replace("# bench_cpu: ", "", 1) if cpu.exists() else
+                        "(not measured yet: `python benchmarks/bench_cpu.py`)\n")
     return out
 
 

@@ -116,3 +116,51 @@ def test_register_your_own_model():
         models.register("test-my-net", MyNet)
     with pytest.raises(TypeError, match="callable"):
         models.register("test-other", 3)
+
+
+@pytest.mark.parametrize("size", [(32, 32, 48), (48, 64)])
+def test_the_channels_last_cpu_path_agrees_with_pytorchs_and_float64(size):
+    """layers.Conv2d/Conv3d on the CPU (issue 21): outputs and gradients of VoxelMorph-1 with the channels-last
+    oneDNN path equal PyTorch's own path to float32 rounding, both measured against a float64 copy; the
+    parameters keep their layout; switched off, the path is PyTorch's bit for bit."""
+    from ofg_lib.models.layers import Conv2d, Conv3d, cpu_channels_last, set_cpu_channels_last
+    torch.manual_seed(0)
+    model = models.build("voxelmorph-1", size)
+    assert all(isinstance(m, (Conv2d, Conv3d)) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Conv3d)))
+    with torch.no_grad():
+        for p in model.parameters():          # trained-like weights, not the near-zero flow initialisation
+            p.normal_(0, 0.05)
+    x = torch.rand(1, 2, *size, generator=torch.Generator().manual_seed(1))
+    target = torch.randn(1, len(size), *size, generator=torch.Generator().manual_seed(2))
+
+    def run(net, inp):
+        net.zero_grad(set_to_none=True)
+        out = net(inp)
+        (out - target.to(out.dtype)).square().mean().backward()
+        return out.detach().double(), torch.cat([p.grad.flatten().double() for p in net.parameters()])
+
+    ref = models.build("voxelmorph-1", size)
+    ref.load_state_dict(model.state_dict())
+    o64, g64 = run(ref.double(), x.double())
+    old = set_cpu_channels_last(False)
+    try:
+        o_pt, g_pt = run(model, x)
+        plain = nn.Conv3d if len(size) == 3 else nn.Conv2d
+        layer = next(m for m in model.modules() if isinstance(m, (Conv2d, Conv3d)))
+        same = plain(layer.in_channels, layer.out_channels, 3, layer.stride, 1)
+        same.load_state_dict(layer.state_dict())
+        probe = torch.rand(1, layer.in_channels, *size)
+        assert torch.equal(layer(probe), same(probe))           # off: exactly PyTorch's convolution
+        set_cpu_channels_last(True)
+        assert cpu_channels_last()
+        o_cl, g_cl = run(model, x)
+    finally:
+        set_cpu_channels_last(old)
+    scale_o, scale_g = o64.abs().max(), g64.abs().max()
+    for o, g in ((o_pt, g_pt), (o_cl, g_cl)):
+        assert (o - o64).abs().max() / scale_o < 1e-5
+        assert (g - g64).abs().max() / scale_g < 1e-5
+    assert (o_cl - o_pt).abs().max() / scale_o < 1e-5 and (g_cl - g_pt).abs().max() / scale_g < 1e-5
+    assert not torch.equal(g_cl, g_pt)      # the other path really ran (a different summation order)
+    assert all(p.is_contiguous() for p in model.parameters())
+    assert model(x).is_contiguous()

@@ -1,14 +1,68 @@
-"""Layers shared by the models."""
+"""Layers shared by the models.
+
+**The CPU convolution path (issue 21).** On the CPU, PyTorch sends a float32 convolution to oneDNN (mkldnn) only
+when a heuristic says it pays (`use_mkldnn` in ATen's ConvUtils.h): with batch 1 and 3^3 kernels it needs
+N*C*D*H > 20480 elements in the leading dimensions, so at 48x64x64 every VoxelMorph-1 convolution below full
+resolution, and every backward pass with it, runs ATen's generic `slow_conv3d` (im2col + GEMM) instead. A
+channels-last input or weight always takes oneDNN's channels-last path, which is faster both ways. So `Conv2d`
+and `Conv3d` here, on the CPU in float32, convolve a channels-last copy of their input and weight (the weight
+copy is a few hundred kB; a previous layer's output is already channels-last, so most inputs need no copy) and
+leave everything else alone: the parameters keep their layout (checkpoints, DDP and optimizers see what they
+saw before), and CUDA, other dtypes and `set_cpu_channels_last(False)` (or `OFG_CPU_CHANNELS_LAST=0`) take
+PyTorch's own path, the one measured as the baseline in `benchmarks/bench_cpu.py`. The results agree with
+PyTorch's path to float32 rounding (tests/test_models.py checks outputs and gradients against float64).
+"""
 from __future__ import annotations
 
+import os
+
+import torch
 import torch.nn as nn
+
+_CPU_CHANNELS_LAST = os.environ.get("OFG_CPU_CHANNELS_LAST", "1") != "0"
+
+
+def set_cpu_channels_last(on: bool) -> bool:
+    """Turn the channels-last CPU convolution path on or off for the whole process; returns the old setting."""
+    global _CPU_CHANNELS_LAST
+    old, _CPU_CHANNELS_LAST = _CPU_CHANNELS_LAST, bool(on)
+    return old
+
+
+def cpu_channels_last() -> bool:
+    """Whether `Conv2d`/`Conv3d` take the channels-last oneDNN path on the CPU (module docstring)."""
+    return _CPU_CHANNELS_LAST
+
+
+def _fast(x: torch.Tensor) -> bool:
+    return _CPU_CHANNELS_LAST and x.device.type == "cpu" and x.dtype == torch.float32
+
+
+class Conv2d(nn.Conv2d):
+    """nn.Conv2d that convolves in channels-last layout on the CPU (module docstring); same parameters."""
+
+    def forward(self, x):
+        if _fast(x):
+            return self._conv_forward(x.contiguous(memory_format=torch.channels_last),
+                                      self.weight.contiguous(memory_format=torch.channels_last), self.bias)
+        return super().forward(x)
+
+
+class Conv3d(nn.Conv3d):
+    """nn.Conv3d that convolves in channels-last layout on the CPU (module docstring); same parameters."""
+
+    def forward(self, x):
+        if _fast(x):
+            return self._conv_forward(x.contiguous(memory_format=torch.channels_last_3d),
+                                      self.weight.contiguous(memory_format=torch.channels_last_3d), self.bias)
+        return super().forward(x)
 
 
 def conv(ndim: int):
-    """nn.Conv2d or nn.Conv3d for a 2-D or 3-D model."""
+    """`Conv2d` or `Conv3d` (this module's) for a 2-D or 3-D model."""
     if ndim not in (2, 3):
         raise ValueError(f"models are 2-D or 3-D, got {ndim} spatial dimensions")
-    return nn.Conv2d if ndim == 2 else nn.Conv3d
+    return Conv2d if ndim == 2 else Conv3d
 
 
 def flow_head(in_channels: int, ndim: int = 3) -> nn.Module:

@@ -58,7 +58,7 @@ class VoxelMorph(nn.Module):
             x = torch.cat([self.upsample(layer(x)), history.pop()], 1)
         for layer in self.full:
             x = layer(x)
-        return self.flow(x)
+        return self.flow(x).contiguous()     # the CPU path computes channels-last (layers.py); callers get NCDHW
 
 
 def _vm(enc, dec, full):

@@ -1,0 +1,29 @@
+"""benchmarks/bench_cpu.py: a tiny run writes every row with both paths, their agreement and a ratio."""
+import json
+
+import torch
+
+from helpers import load_module
+from ofg_lib.models.layers import cpu_channels_last
+
+
+def test_tiny_run_times_both_paths_and_checks_their_agreement(tmp_path):
+    bench = load_module("benchmarks/bench_cpu.py", "bench_cpu")
+    out = tmp_path / "bench_cpu.json"
+    threads, switch = torch.get_num_threads(), cpu_channels_last()
+    try:
+        bench.main(["--repeats", "1", "--sizes", "32x32x32", "32x48", "--no-loop", "--threads", "1",
+                    "--out", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+    data = json.loads(out.read_text())
+    rows = data["rows"]
+    assert set(rows) == {"VoxelMorph-1 forward+backward, 32x32x32", "VoxelMorph-1 forward+backward, 32x48",
+                         "VoxelMorph-1 unsupervised training step, 32x32x32", "VoxelMorph-1 ofg training step, 32x32x32",
+                         "VoxelMorph-1 unsupervised training step, 32x48", "VoxelMorph-1 ofg training step, 32x48"}
+    for r in rows.values():
+        assert r["baseline_ms"] > 0 and r["new_ms"] > 0 and r["ratio"] == r["baseline_ms"] / r["new_ms"]
+    assert rows["VoxelMorph-1 forward+backward, 32x32x32"]["max_rel_diff"] < 1e-5
+    assert data["goals"] == []                      # goals are judged at 48x64x64 and 80x96x112 only
+    assert "| row | baseline ms |" in out.with_suffix(".md").read_text()
+    assert cpu_channels_last() == switch            # the switch is left as it was
