@@ -1,5 +1,5 @@
 """The CPU speed of issue 21 in one run: each row timed with PyTorch's own convolution path (the baseline, still
-callable: `ofg_lib.models.layers.set_cpu_channels_last(False)`) and with the channels-last oneDNN path, interleaved.
+callable: `ofg_lib.models.layers.set_cpu_channels_last(False)` or `cpu_channels_last_set(False)`) and with the channels-last oneDNN path, interleaved.
 
     python benchmarks/bench_cpu.py                       # about 3-5 minutes on 2 cores; results in benchmarks/results/
     python benchmarks/bench_cpu.py --repeats 3 --sizes 48x64x64 96x112 --no-loop   # shorter
@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_gpu import train_step  # noqa: E402
 
 from ofg_lib import models  # noqa: E402
-from ofg_lib.models.layers import cpu_channels_last, set_cpu_channels_last  # noqa: E402
+from ofg_lib.models.layers import cpu_channels_last_set  # noqa: E402
 from ofg_lib.optimizer import refine  # noqa: E402
 
 GOAL_STEP_RATIO = 1.8      # VoxelMorph-1 CPU training step at 48x64x64, baseline / new
@@ -54,28 +54,25 @@ def _timed(fn) -> float:
 
 def paired(fn, repeats: int) -> dict:
     """fn() timed with the switch off (baseline) and on (new), alternating; medians in ms and their ratio."""
-    times, old = {False: [], True: []}, cpu_channels_last()
+    times = {False: [], True: []}
     for on in (False, True):            # one untimed call each (oneDNN builds its primitives on first use)
-        set_cpu_channels_last(on)
-        fn()
+        with cpu_channels_last_set(on):
+            fn()
     for _ in range(repeats):
         for on in (False, True):
-            set_cpu_channels_last(on)
-            times[on].append(_timed(fn))
-    set_cpu_channels_last(old)
+            with cpu_channels_last_set(on):
+                times[on].append(_timed(fn))
     base, new = (1000 * statistics.median(times[k]) for k in (False, True))
     return {"baseline_ms": base, "new_ms": new, "ratio": base / new}
 
 
 def agreement(net, x) -> float:
     """Largest |new - baseline| of the network's output, relative to the largest |output|."""
-    old = cpu_channels_last()
     with torch.no_grad():
-        set_cpu_channels_last(False)
-        a = net(x)
-        set_cpu_channels_last(True)
-        b = net(x)
-    set_cpu_channels_last(old)
+        with cpu_channels_last_set(False):
+            a = net(x)
+        with cpu_channels_last_set(True):
+            b = net(x)
     return float((a - b).abs().max() / a.abs().max().clamp_min(1e-30))
 
 

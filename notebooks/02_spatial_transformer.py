@@ -87,7 +87,8 @@ print("Dice(template labels, warped labels), labels 1-12:", np.round(tissue_dice
 # coordinates normalised to [-1, 1] and maps them back to voxels, and each rounding there is relative to the
 # coordinate, up to the side length n: a sample point moves by up to about 2 n eps voxels (eps = 1.2e-7, the
 # float32 spacing at 1), and the intensity (at most 1 per voxel of slope here) with it. So the bound grows with
-# the volume: 2.7e-5 at 112 voxels, 5.3e-5 at the paper's 224 (on an H200 at 160x192x224, `scripts/gpu_run.sh` printed 1.62e-05).
+# the volume: 2.7e-5 at 112 voxels, 5.3e-5 at the paper's 224 (on an H200 at 160x192x224 this cell printed
+# 1.62e-05: `benchmarks/results/gpu_run_h200_session2.log`).
 
 # %%
 coords = identity_grid(size, dtype=torch.float64)[0].numpy() + disp[0].double().cpu().numpy()

@@ -241,10 +241,7 @@ path = resolve(converge_report) / "pareto.json"
 if path.exists():
     par = json.loads(path.read_text())
     display(Markdown(converge.pareto_markdown(par)))
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
-    for ax, x in zip(axes, ("fold_fraction", "sdlogj")):
-        converge.plot_pareto(par["points"], x, ax=ax)
-    plt.tight_layout()
+    converge.pareto_figure(par)
     plt.show()
 else:
     print(f"no committed summary at {path}: run `python -m ofg_lib.converge` (its `pareto` section)")

@@ -31,7 +31,7 @@ from .evaluate import score_run
 from .paths import atomic_write, resolve, write_json
 from .stats import interval
 
-__all__ = ["paired_rows", "crossings", "seed_curves", "run_converge", "run_pareto", "pareto_markdown",
+__all__ = ["paired_rows", "crossings", "seed_curves", "run_converge", "run_pareto", "pareto_markdown", "pareto_figure",
            "markdown", "plot_curves", "plot_pareto", "STRATEGIES"]
 
 STRATEGIES = ("unsupervised", "ofg")
@@ -121,20 +121,41 @@ def _read_log(path) -> list[dict]:
             return None
         f = float(v)
         return int(f) if f.is_integer() and "." not in v and "e" not in v.lower() else f
-    with open(path, newline="") as fh:
-        return [{k: num(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+    with open(path, newline="") as fh:      # an empty cell (a row without validation) is left out, as in
+        return [{k: num(v) for k, v in row.items() if v not in ("", None)}   # the checkpoint's history
+                for row in csv.DictReader(fh)]
 
 
-def stored_score(folder, split: str, n, which: str = "best") -> dict:
+def stored_score(folder, split: str, n, which: str = "best", history=None) -> dict | None:
     """`evaluate.score_run` where the checkpoint is there; else the score cache the run's machine wrote (the
-    logs of a GPU session), which records the step, epoch and config of the checkpoint it scored."""
+    logs of a GPU session), which records the step, epoch and config of the checkpoint it scored: it must name
+    the config in the folder's config.json and a step the run's `history` reached. None when there is neither."""
     folder = Path(folder)
     if (folder / {"best": "best.pt", "last": "checkpoint.pt"}[which]).exists():
         return score_run(folder, split, n, which)
     cache = folder / f"score-{which}-{split}-{n if n is not None else 'all'}.json"
     if not cache.exists():
-        raise FileNotFoundError(f"{folder} has neither its {which} checkpoint nor a score cache {cache.name}")
-    return json.loads(cache.read_text())
+        return None
+    cached = json.loads(cache.read_text())
+    stored = json.loads((folder / "config.json").read_text())
+    if cached.get("config") != json.dumps(stored, sort_keys=True, default=str):
+        raise ValueError(f"{cache} scored a checkpoint of another config than {folder / 'config.json'}")
+    if history is not None and cached.get("step") not in {r["step"] for r in history}:
+        raise ValueError(f"{cache} scored step {cached.get('step')}, which the run's log does not reach")
+    return cached
+
+
+def base_config(spec: dict) -> dict:
+    """The config every run of `spec` shares: its `base` plus its `setting`'s data keys."""
+    from .study import setting_config
+    return {**spec["base"], **setting_config(spec["setting"], spec["base"]["img_size"])}
+
+
+def arm_config(spec: dict, arm: str, base: dict | None = None) -> tuple[dict, list]:
+    """(config of `arm`'s runs without strategy and seed, the arm's seeds): an arm's `seeds` overrides the spec's."""
+    overrides = dict(spec["arms"][arm])
+    seeds = list(overrides.pop("seeds", spec["seeds"]))
+    return {**(base_config(spec) if base is None else base), **overrides}, seeds
 
 
 def run_converge(spec: dict, out, log=print, train: bool = True) -> dict:
@@ -148,40 +169,47 @@ def run_converge(spec: dict, out, log=print, train: bool = True) -> dict:
     incomplete and marks runs that neither finished nor plateaued as `cut_short` (e.g. runs trained elsewhere
     under a time limit).
     """
-    from .study import identity_scores, setting_config
+    from .study import identity_scores
     out = Path(out)
-    base = {**spec["base"], **setting_config(spec["setting"], spec["base"]["img_size"])}
-    seeds, k, n_test = list(spec["seeds"]), int(spec.get("last_k", 3)), spec.get("test_pairs")
+    base = base_config(spec)
+    k, n_test = int(spec.get("last_k", 3)), spec.get("test_pairs")
     result = {"spec": spec, "identity": identity_scores(base), "arms": {}}
-    for arm, overrides in spec["arms"].items():
-        overrides = dict(overrides)
-        arm_seeds = list(overrides.pop("seeds", seeds))     # an arm may run fewer seeds
+    for arm in spec["arms"]:
+        arm_cfg, arm_seeds = arm_config(spec, arm, base)     # an arm may run fewer seeds
+        overrides = {k_: v for k_, v in spec["arms"][arm].items() if k_ != "seeds"}
         hist, test, last, meta = {}, {}, {}, {}
-        arm_cfg = {**base, **overrides}
         cap = int(arm_cfg.get("epochs", 10)) * int(arm_cfg.get("steps_per_epoch", 50))
         for seed in arm_seeds:
+            got = {}
             for strat in STRATEGIES:
                 folder = out / arm / f"{strat}-seed{seed}"
                 log(f"[converge] {arm}: {strat} seed {seed}")
                 t0 = time.perf_counter()
-                cfg = {**base, **overrides, "strategy": strat, "seed": seed}
+                cfg = {**arm_cfg, "strategy": strat, "seed": seed}
                 h = train_history(cfg, folder) if train else stored_history(cfg, folder)
-                if not h:
-                    log(f"[converge] {folder}: no run, skipped (train=False)")
-                    continue
+                sc = None
+                if h:
+                    sc = (score_run(folder, "test", n_test, "best") if train
+                          else stored_score(folder, "test", n_test, "best", h))
+                got[strat] = (folder, h, sc, t0)
+            missing = [st for st, (_, h, sc, _) in got.items() if not h or sc is None]
+            if missing:          # train=False only: a seed is scored as a pair or not at all
+                log(f"[converge] {arm} seed {seed}: skipped, no run or no score for {', '.join(missing)}")
+                continue
+            for strat, (folder, h, sc, t0) in got.items():
                 hist[(strat, seed)] = h
-                test[(strat, seed)] = (score_run(folder, "test", n_test, "best") if train
-                                       else stored_score(folder, "test", n_test, "best"))
+                test[(strat, seed)] = sc
                 last[(strat, seed)] = _last_k(h, k)
+                plateaued = _plateaued(folder, h)
                 vals = [r["val_dice"] for r in h if r.get("val_dice") is not None]
                 top = int(np.argmax(vals))
                 meta[(strat, seed)] = {"steps": h[-1]["step"], "best_step": test[(strat, seed)]["step"],
                                        "best_val_dice": vals[top], "last_val_dice": vals[-1],
                                        # how far validation Dice fell after its best (a collapse, if large)
                                        "drop_after_best": float(vals[top] - min(vals[top:])),
-                                       "stopped_early": h[-1]["step"] < cap and _plateaued(folder, h),
+                                       "stopped_early": h[-1]["step"] < cap and plateaued,
                                        # neither at the cap nor stopped by the plateau rule: cut off (train=False)
-                                       "cut_short": h[-1]["step"] < cap and not _plateaued(folder, h),
+                                       "cut_short": h[-1]["step"] < cap and not plateaued,
                                        # training seconds from the log (per-step times x steps; no validation)
                                        "train_s": float(sum((r["sec_per_step_network"] + r["sec_per_step_inner"]
                                                              + r.get("sec_per_step_data", 0.0))
@@ -227,10 +255,13 @@ def run_converge(spec: dict, out, log=print, train: bool = True) -> dict:
 
 
 def _label(cfg: dict) -> str:
-    """A Pareto point's label: the strategy and the smoothness weight of its loss."""
+    """A Pareto point's label: the strategy and the smoothness weight of its loss (the config's, else the
+    trainer's default)."""
+    from .train import TrainConfig
+    default = TrainConfig()
     if cfg["strategy"] == "unsupervised":
-        return f"unsupervised, unsup_reg {cfg.get('unsup_reg', 1.0):g}"
-    return f"OFG, ofg_reg {cfg.get('ofg_reg', 0.02):g}"
+        return f"unsupervised, unsup_reg {cfg.get('unsup_reg', default.unsup_reg):g}"
+    return f"OFG, ofg_reg {cfg.get('ofg_reg', default.ofg_reg):g}"
 
 
 def run_pareto(spec: dict, out, log=print) -> dict:
@@ -242,18 +273,17 @@ def run_pareto(spec: dict, out, log=print) -> dict:
     test split; the result lists one point per run (Dice, folds, SDlogJ, EPE) and per label the seed mean, std
     (ddof 1) and a 95 % t interval of Dice.
     """
-    from .study import setting_config
     out = Path(out)
     par = spec["pareto"]
-    base = {**spec["base"], **setting_config(spec["setting"], spec["base"]["img_size"])}
     ref = {k: v for k, v in spec["arms"][par["arm"]].items() if k != "seeds"}
+    ref_cfg, _ = arm_config(spec, par["arm"])
     seeds, n_test = list(par["seeds"]), spec.get("test_pairs")
-    jobs = [(_label({"strategy": st}), out / par["arm"] / f"{st}-seed{s}", {**base, **ref, "strategy": st, "seed": s})
-            for st in STRATEGIES for s in seeds]
+    jobs = [(_label({**ref_cfg, "strategy": st}), out / par["arm"] / f"{st}-seed{s}",
+             {**ref_cfg, "strategy": st, "seed": s}) for st in STRATEGIES for s in seeds]
     for name, over in par["variants"].items():
         if "strategy" not in over:
             raise ValueError(f"pareto variant {name!r} names no strategy")
-        cfg = {**base, **ref, **over}
+        cfg = {**ref_cfg, **over}
         jobs += [(_label(cfg), out / "pareto" / f"{name}-seed{s}", {**cfg, "seed": s}) for s in seeds]
     points = []
     for label, folder, cfg in jobs:
@@ -394,7 +424,6 @@ def verdict(arm: dict) -> str:
         what += (f"; at equal steps (each run's best validation Dice within the steps both runs of its seed "
                  f"reached) {e['difference_mean']:+.4f}{ci}, OFG ahead in {e['difference_ahead']} of {e['difference_n']}")
     capped = [k for k, v in arm["runs"].items() if not v.get("stopped_early", True) and not v.get("cut_short")]
-    cut = [k for k, v in arm["runs"].items() if v.get("cut_short")]
     collapsed = [k for k, v in arm["runs"].items() if v.get("drop_after_best", 0) > COLLAPSE]
     notes = ""
     if collapsed:
@@ -403,8 +432,7 @@ def verdict(arm: dict) -> str:
     if capped:
         notes += f" {len(capped)} run(s) reached the step cap before the plateau rule held ({', '.join(capped)})."
     if cut:
-        notes += (f" {len(cut)} run(s) were cut off (a time limit) before the cap or the plateau rule "
-                  f"({', '.join(cut)}): scored where they stopped.")
+        notes += f" Cut runs, scored where they stopped: {', '.join(cut)}."
     return f"Verdict ({len(arm['seeds'])} seeds): {what}; {cross_txt}.{notes}"
 
 
@@ -453,7 +481,7 @@ def main(argv=None):
     p.add_argument("--only", metavar="ARM/STRATEGY/SEED",
                    help="train that one run and stop (no summary): for running the runs of a spec in parallel "
                         "processes, e.g. on a GPU; a later call without --only reuses them")
-    p.add_argument("--device", help="device for --only (default: the spec's, or cpu)")
+    p.add_argument("--device", help="device for --only (default: the spec's, else auto: CUDA when there is one)")
     p.add_argument("--machine", help="where the runs were trained, for the report (default: this machine)")
     p.add_argument("--score-only", action="store_true",
                    help="train nothing: score and summarise the runs as they stand (runs cut off by a time limit "
@@ -462,17 +490,15 @@ def main(argv=None):
     spec = yaml.safe_load(resolve(args.spec).read_text())
     run_dir = resolve(spec.get("run_dir", "results/converge"))
     if args.only:
-        from .study import setting_config
         try:
             arm, strat, seed = args.only.split("/")
-            over = {k: v for k, v in spec["arms"][arm].items() if k != "seeds"}
+            spec["arms"][arm]
             seed = int(seed)
         except (ValueError, KeyError) as e:
             p.error(f"--only {args.only!r}: give ARM/STRATEGY/SEED with an arm of the spec ({e})")
         if strat not in STRATEGIES:
             p.error(f"--only: strategy must be one of {STRATEGIES}, not {strat!r}")
-        cfg = {**spec["base"], **setting_config(spec["setting"], spec["base"]["img_size"]), **over,
-               "strategy": strat, "seed": seed}
+        cfg = {**arm_config(spec, arm)[0], "strategy": strat, "seed": seed}
         if args.device:
             cfg["device"] = args.device
         t0 = time.perf_counter()
@@ -504,16 +530,23 @@ def main(argv=None):
         print(pareto_markdown(par))
 
 
-def save_pareto_figure(result: dict, path) -> Path:
-    """Dice against folds and against SDlogJ, one point per run of `run_pareto`, as a PNG."""
-    import matplotlib
-    matplotlib.use("Agg")
+def pareto_figure(result: dict):
+    """Dice against folds and against SDlogJ, one point per run of `run_pareto` (a matplotlib figure)."""
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, x in zip(axes, ("fold_fraction", "sdlogj")):
         plot_pareto(result["points"], x, ax=ax)
     fig.suptitle(f"each strategy at several smoothness weights ({result['spec']['arm']} arm; test split)")
     fig.tight_layout()
+    return fig
+
+
+def save_pareto_figure(result: dict, path) -> Path:
+    """`pareto_figure` as a PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig = pareto_figure(result)
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return Path(path)

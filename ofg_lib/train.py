@@ -815,7 +815,10 @@ class Trainer:
              "sec_per_step_data": float(np.mean([r.get("sec_per_step_data", 0) for r in rows])),
              "seed": self.cfg.seed, "data_seed": self.cfg.data_seed, "device": str(self.device), "amp": self.amp,
              "world_size": self.world, "replicas_agree": self.replicas_agree(),
-             "parameters": models.count_parameters(self.model)}
+             "parameters": models.count_parameters(self.model),
+             # the CPU convolution path this process used (models/layers.py); a resumed run may have mixed both,
+             # which changes its numbers at float32 rounding only
+             "cpu_channels_last": models.layers.cpu_channels_last() if self.device.type == "cpu" else None}
         if self.out is not None and self.rank == 0:
             self._claim()
             write_json(self.out / "summary.json", s)

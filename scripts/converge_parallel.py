@@ -32,9 +32,9 @@ sys.path.insert(0, str(ROOT))
 
 
 def _configs(spec: dict) -> list[dict]:
-    from ofg_lib.study import setting_config
-    base = {**spec["base"], **setting_config(spec["setting"], spec["base"]["img_size"])}
-    return [{**base, **{k: v for k, v in over.items() if k != "seeds"}} for over in spec["arms"].values()]
+    from ofg_lib.converge import arm_config, base_config
+    base = base_config(spec)
+    return [arm_config(spec, arm, base)[0] for arm in spec["arms"]]
 
 
 def _make(job):
@@ -70,10 +70,11 @@ def build_cohort(spec: dict, workers: int) -> float:
 
 def train_all(spec_path: str, spec: dict, deadline_s: float) -> dict:
     """One process per run; SIGINT to those still running at the deadline. Returns {run: exit status}."""
+    from ofg_lib.converge import STRATEGIES
     runs = []
     for arm, over in spec["arms"].items():
         for seed in over.get("seeds", spec["seeds"]):
-            for strat in ("unsupervised", "ofg"):
+            for strat in STRATEGIES:
                 runs.append(f"{arm}/{strat}/{seed}")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     procs = {r: subprocess.Popen([sys.executable, "-m", "ofg_lib.converge", "--spec", spec_path, "--only", r],
@@ -85,9 +86,10 @@ def train_all(spec_path: str, spec: dict, deadline_s: float) -> dict:
     late = [r for r, p in procs.items() if p.poll() is None]
     for r in late:
         procs[r].send_signal(signal.SIGINT)
+    grace = time.monotonic() + 30          # one grace period for all of them, then SIGKILL
     for r in late:
         try:
-            procs[r].wait(30)
+            procs[r].wait(max(0.1, grace - time.monotonic()))
         except subprocess.TimeoutExpired:
             procs[r].kill()
             procs[r].wait()
@@ -96,6 +98,13 @@ def train_all(spec_path: str, spec: dict, deadline_s: float) -> dict:
           f"cut at the deadline: {len(late)} ({', '.join(late) or 'none'}), "
           f"failed: {[r for r, c in codes.items() if c not in (0,) and r not in late]}", flush=True)
     return codes
+
+
+def _machine(n_runs: int) -> str:
+    import torch
+    where = (f"one {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else
+             f"{os.cpu_count()} CPU cores")
+    return f"{where} (torch {torch.__version__}), {n_runs} runs as parallel processes"
 
 
 def pack_logs(run_dir: Path, path: Path) -> Path:
@@ -116,6 +125,8 @@ def main(argv=None):
     p.add_argument("--report", default=None, help="report folder (default: reports/<spec name>)")
     p.add_argument("--logs", default=None, help="the runs' logs as .tar.gz (default: REPORT/runs-logs.tar.gz)")
     p.add_argument("--build-only", action="store_true")
+    p.add_argument("--machine", default=None,
+                   help="where the runs train, for the report (default: the GPU's name, or the CPU count)")
     args = p.parse_args(argv)
     spec = yaml.safe_load(Path(args.spec).read_text())
     build_cohort(spec, args.workers)
@@ -124,7 +135,7 @@ def main(argv=None):
     codes = train_all(args.spec, spec, args.train_s)
     report = Path(args.report or ROOT / "reports" / Path(args.spec).stem)
     rc = subprocess.call([sys.executable, "-m", "ofg_lib.converge", "--spec", args.spec, "--report", str(report),
-                          "--score-only"], cwd=ROOT)
+                          "--score-only", "--machine", args.machine or _machine(len(codes))], cwd=ROOT)
     run_dir = ROOT / spec.get("run_dir", "results/converge")
     print(f"[logs] {pack_logs(run_dir, Path(args.logs or report / 'runs-logs.tar.gz'))}", flush=True)
     failed = [r for r, c in codes.items() if c not in (0, 130, -signal.SIGINT)]

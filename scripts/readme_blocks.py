@@ -43,11 +43,9 @@ def blocks() -> dict:
     par = ROOT / "reports" / "converge" / "pareto.json"
     out["pareto"] = (pareto_markdown(json.loads(par.read_text())) + "\n" if par.exists() else
                      "(no committed summary yet: `python -m ofg_lib.converge` runs the spec's `pareto` section)\n")
-    bench = ROOT / "benchmarks" / "results" / "bench_gpu_h200.json"
+    bench = ROOT / "benchmarks" / "results" / "bench_gpu_h200.md"
     if bench.exists():
-        md = (bench.with_suffix(".md")).read_text()
-        out["gpu"] = md.split("\n", 1)[1].lstrip("\n").replace("\n# ", "\n#### ")
-        out["gpu"] = md.splitlines()[0].lstrip("# ") + "\n" + out["gpu"]
+        out["gpu"] = bench.read_text().replace("# bench_gpu: ", "", 1)
     else:
         out["gpu"] = "(no GPU measurement committed yet: `bash scripts/gpu_run.sh` on a GPU)\n"
     cpu = ROOT / "benchmarks" / "results" / "bench_cpu.md"

@@ -304,20 +304,37 @@ def test_score_only_trains_nothing_and_marks_runs_cut_by_a_time_limit(tmp_path):
     with pytest.raises(Cut):
         train_history({**base, "strategy": "ofg", "seed": 1}, tmp_path / "a" / "ofg-seed1",
                       callbacks=[stop_after_first_epoch])
-    before = sorted(p.name for p in tmp_path.rglob("*"))
-    r = run_converge(spec, tmp_path, log=lambda m: None, train=False)
+    logged = []
+    r = run_converge(spec, tmp_path, log=logged.append, train=False)
     arm = r["arms"]["a"]
     assert arm["seeds"] == [0]                              # seed 1's pair is incomplete: skipped, not trained
+    assert any("seed 1: skipped" in m for m in logged)
     assert not (tmp_path / "a" / "unsupervised-seed1").exists()
     assert stored_history({**base, "strategy": "ofg", "seed": 1}, tmp_path / "a" / "ofg-seed1")[-1]["step"] == 2
     assert not any(v["cut_short"] for v in arm["runs"].values())
+    # the logs alone (what a GPU session sends back: config.json, log.csv, summary.json, score caches) give the
+    # same report as the checkpoints
+    unsup0 = tmp_path / "a" / "unsupervised-seed0"
+    for name in ("checkpoint.pt", "best.pt"):
+        (unsup0 / name).unlink()
+    again = run_converge(spec, tmp_path, log=lambda m: None, train=False)["arms"]["a"]
+    assert again["test_best"] == arm["test_best"] and again["last_k"] == arm["last_k"]
+    assert again["curve"] == arm["curve"] and again["runs"]["unsupervised/0"]["steps"] == 4
+    cache = unsup0 / "score-best-test-2.json"
+    good = cache.read_text()
+    cache.write_text(json.dumps({**json.loads(good), "step": 1000}))  # a cache of a step the log never reached
+    with pytest.raises(ValueError, match="does not reach"):
+        run_converge(spec, tmp_path, log=lambda m: None, train=False)
+    cache.unlink()                                                  # no checkpoint and no cache: not scored
+    assert "a" not in run_converge(spec, tmp_path, log=lambda m: None, train=False)["arms"]
+    cache.write_text(good)
     # the cut run, paired with a finished one: marked cut, and the verdict says so
     train_history({**base, "strategy": "unsupervised", "seed": 1}, tmp_path / "a" / "unsupervised-seed1")
     r = run_converge(spec, tmp_path, log=lambda m: None, train=False)
     runs = r["arms"]["a"]["runs"]
     assert runs["ofg/1"]["cut_short"] and runs["ofg/1"]["steps"] == 2 and not runs["ofg/1"]["stopped_early"]
-    assert "1 run(s) were cut off" in markdown(r)
-    assert len(before) <= len(sorted(p.name for p in tmp_path.rglob("*")))
+    text = markdown(r)
+    assert "not a converged comparison, since 1 run(s) were cut" in text and "Cut runs, scored where they stopped: ofg/1" in text
     # a stored run of another config is refused, not scored
     with pytest.raises(ValueError, match="another config"):
         stored_history({**base, "strategy": "ofg", "seed": 1, "lr": 0.5}, tmp_path / "a" / "ofg-seed1")
@@ -369,3 +386,19 @@ def test_only_refuses_an_unknown_arm_or_strategy(tmp_path, capsys):
         with pytest.raises(SystemExit) as e:
             main(["--spec", str(spec), "--only", only])
         assert e.value.code == 2
+
+
+def test_a_run_counts_as_plateaued_only_when_its_summary_says_so_for_the_step_it_reached(tmp_path):
+    from ofg_lib.converge import _plateaued, _read_log
+    h = [{"step": 250, "val_dice": 0.5}, {"step": 500, "val_dice": 0.6}]
+    assert not _plateaued(tmp_path, h)                                   # no summary: cut, not plateaued
+    (tmp_path / "summary.json").write_text(json.dumps({"stopped_early": True, "steps": 500}))
+    assert _plateaued(tmp_path, h)
+    (tmp_path / "summary.json").write_text(json.dumps({"stopped_early": True, "steps": 250}))
+    assert not _plateaued(tmp_path, h)                                   # the summary is of another length
+    (tmp_path / "summary.json").write_text(json.dumps({"stopped_early": False, "steps": 500}))
+    assert not _plateaued(tmp_path, h)
+    (tmp_path / "log.csv").write_text("epoch,step,lr,val_dice\n1,250,0.001,\n2,500,1e-3,0.61\n")
+    rows = _read_log(tmp_path / "log.csv")
+    assert rows == [{"epoch": 1, "step": 250, "lr": 0.001}, {"epoch": 2, "step": 500, "lr": 0.001, "val_dice": 0.61}]
+    assert isinstance(rows[0]["step"], int) and "val_dice" not in rows[0]   # unvalidated rows carry no metric

@@ -5,7 +5,7 @@ when a heuristic says it pays (`use_mkldnn` in ATen's ConvUtils.h): with batch 1
 N*C*D*H > 20480 elements in the leading dimensions, so at 48x64x64 every VoxelMorph-1 convolution below full
 resolution, and every backward pass with it, runs ATen's generic `slow_conv3d` (im2col + GEMM) instead. A
 channels-last input or weight always takes oneDNN's channels-last path, which is faster both ways. So `Conv2d`
-and `Conv3d` here, on the CPU in float32, convolve a channels-last copy of their input and weight (the weight
+and `Conv3d` here (VoxelMorph's; TransMorph and ViT-V-Net keep PyTorch's classes), on the CPU in float32, convolve a channels-last copy of their input and weight (the weight
 copy is a few hundred kB; a previous layer's output is already channels-last, so most inputs need no copy) and
 leave everything else alone: the parameters keep their layout (checkpoints, DDP and optimizers see what they
 saw before), and CUDA, other dtypes and `set_cpu_channels_last(False)` (or `OFG_CPU_CHANNELS_LAST=0`) take
@@ -27,6 +27,21 @@ def set_cpu_channels_last(on: bool) -> bool:
     global _CPU_CHANNELS_LAST
     old, _CPU_CHANNELS_LAST = _CPU_CHANNELS_LAST, bool(on)
     return old
+
+
+class cpu_channels_last_set:
+    """`with cpu_channels_last_set(False): ...` runs the block with the switch set, and restores it after."""
+
+    def __init__(self, on: bool):
+        self.on = bool(on)
+
+    def __enter__(self):
+        self.old = set_cpu_channels_last(self.on)
+        return self
+
+    def __exit__(self, *exc):
+        set_cpu_channels_last(self.old)
+        return False
 
 
 def cpu_channels_last() -> bool:
@@ -65,9 +80,13 @@ def conv(ndim: int):
     return Conv2d if ndim == 2 else Conv3d
 
 
-def flow_head(in_channels: int, ndim: int = 3) -> nn.Module:
-    """The 3^n convolution to a displacement: weights from N(0, 1e-5), zero bias, so the first field is ~0."""
-    layer = conv(ndim)(in_channels, ndim, kernel_size=3, padding=1)
+def flow_head(in_channels: int, ndim: int = 3, channels_last_cpu: bool = False) -> nn.Module:
+    """The 3^n convolution to a displacement: weights from N(0, 1e-5), zero bias, so the first field is ~0.
+
+    `channels_last_cpu`: this module's `Conv2d`/`Conv3d` (VoxelMorph, whose forward returns a contiguous field);
+    otherwise PyTorch's own class, as the rest of TransMorph and ViT-V-Net."""
+    cls = conv(ndim) if channels_last_cpu else (nn.Conv2d if ndim == 2 else nn.Conv3d)
+    layer = cls(in_channels, ndim, kernel_size=3, padding=1)
     nn.init.normal_(layer.weight, 0.0, 1e-5)
     nn.init.zeros_(layer.bias)
     return layer

@@ -46,7 +46,7 @@ class VoxelMorph(nn.Module):
         for nf in full:
             self.full.append(_block(prev, nf, ndim=ndim))
             prev = nf
-        self.flow = flow_head(prev, ndim)
+        self.flow = flow_head(prev, ndim, channels_last_cpu=True)
         self.upsample = nn.Upsample(scale_factor=2, mode="nearest")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
