@@ -8,7 +8,8 @@ Rows (VoxelMorph-1, batch 1, float32, random weights and inputs; `--threads` tor
 - forward + backward of the network at 48x64x64, 80x96x112 and in 2-D at 96x112;
 - one training step of each strategy (prediction, loss, backward, Adam step; OFG with `refine`'s ten inner steps)
   at 48x64x64 and 96x112 (the step of `benchmarks/bench_gpu.py`, without data loading);
-- the 10-step inner loop (`refine`) at 80x96x112, which the switch does not touch (no convolution in it).
+- the 10-step inner loop (`refine`) at 80x96x112, which the switch does not touch (no convolution in it);
+- a profile of one forward+backward at the first 3-D size with the new path: where the rest of the time goes.
 
 Each row alternates the two paths `--repeats` times after one untimed call of each, and reports the medians and
 their ratio (baseline / new: above 1 is faster). Before timing, the two paths' outputs are compared (largest
@@ -109,6 +110,37 @@ def loop_row(size, repeats):
     return {"ms": statistics.median(ms)}
 
 
+def _top_ops(fn, top: int = 6) -> list[dict]:
+    """The `top` ATen ops of fn() by self CPU time, as shares of the total (3 calls after 2 warm-ups)."""
+    for _ in range(2):
+        fn()
+    with torch.autograd.profiler.profile() as prof:
+        for _ in range(3):
+            fn()
+    ops = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in ops)
+    return [{"op": e.key, "share": e.self_cpu_time_total / total, "calls_per_pass": e.count / 3} for e in ops[:top]]
+
+
+def profile_row(size, top: int = 6) -> list[dict]:
+    """Where the time of one forward+backward goes with the new path."""
+    torch.manual_seed(0)
+    net = models.build("voxelmorph-1", size)
+    x = torch.rand(1, 2, *size)
+
+    def fwd_bwd():
+        net.zero_grad(set_to_none=True)
+        net(x).square().mean().backward()
+    return _top_ops(fwd_bwd, top)
+
+
+def profile_loop(size, top: int = 6) -> list[dict]:
+    """Where the time of the 10-step loop goes (the goal it misses says what limits it)."""
+    moving, fixed = _inputs(size)
+    disp = torch.zeros(1, len(size), *size)
+    return _top_ops(lambda: refine(disp, moving, fixed), top)
+
+
 def markdown(result: dict) -> str:
     m = result["meta"]
     lines = [f"# bench_cpu: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, {m['threads']} threads, "
@@ -123,6 +155,12 @@ def markdown(result: dict) -> str:
             lines.append(f"| {name} | {r['baseline_ms']:.1f} | {r['new_ms']:.1f} | {r['ratio']:.2f} | {diff} |")
         else:
             lines.append(f"| {name} | {r['ms']:.1f} | (no convolution: same path) | | |")
+    for key, what in (("profile", "a forward+backward of the network, new path"), ("loop_profile", "the 10-step loop")):
+        if result.get(key):
+            lines += ["", f"Where {what} at {result[key]['size']} spends its time (ATen ops by self CPU time, "
+                      "`torch.autograd.profiler`; calls per pass = per call of the whole):", "",
+                      "| op | share | calls per pass |", "|---|---|---|"]
+            lines += [f"| {o['op']} | {100 * o['share']:.1f} % | {o['calls_per_pass']:g} |" for o in result[key]["ops"]]
     lines += ["", "| goal | measured | limit | status |", "|---|---|---|---|"]
     for g in result["goals"]:
         lines.append(f"| {g['goal']} | {g['value']:.2f} | {g['limit']:g} | {g['status']} |")
@@ -136,6 +174,7 @@ def main(argv=None):
     p.add_argument("--sizes", nargs="+", default=["48x64x64", "96x112", "80x96x112"],
                    help="network sizes (D x H x W, or H x W); training steps at the 2-D ones and the first 3-D one")
     p.add_argument("--no-loop", action="store_true", help="skip the 10-step loop row")
+    p.add_argument("--no-profile", action="store_true", help="skip the profile of the first 3-D size")
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "bench_cpu.json")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -153,6 +192,12 @@ def main(argv=None):
     if not args.no_loop:
         rows["10-step inner loop (refine), 80x96x112"] = loop_row((80, 96, 112), args.repeats)
         print(f"loop: {rows['10-step inner loop (refine), 80x96x112']}", flush=True)
+    profile = None
+    if first_3d is not None and not args.no_profile:
+        profile = {"size": "x".join(map(str, first_3d)), "ops": profile_row(first_3d)}
+    loop_profile = None
+    if not args.no_loop and not args.no_profile:
+        loop_profile = {"size": "80x96x112", "ops": profile_loop((80, 96, 112))}
     goals = []
     for strategy in ("unsupervised", "ofg"):
         r = rows.get(f"VoxelMorph-1 {strategy} training step, 48x64x64")
@@ -168,7 +213,7 @@ def main(argv=None):
     meta = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__,
             "threads": torch.get_num_threads(), "repeats": args.repeats,
             "mkldnn": torch.backends.mkldnn.is_available()}
-    result = {"meta": meta, "rows": rows, "goals": goals}
+    result = {"meta": meta, "rows": rows, "profile": profile, "loop_profile": loop_profile, "goals": goals}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     args.out.with_suffix(".md").write_text(markdown(result))

@@ -25,5 +25,16 @@ def test_tiny_run_times_both_paths_and_checks_their_agreement(tmp_path):
         assert r["baseline_ms"] > 0 and r["new_ms"] > 0 and r["ratio"] == r["baseline_ms"] / r["new_ms"]
     assert rows["VoxelMorph-1 forward+backward, 32x32x32"]["max_rel_diff"] < 1e-5
     assert data["goals"] == []                      # goals are judged at 48x64x64 and 80x96x112 only
-    assert "| row | baseline ms |" in out.with_suffix(".md").read_text()
+    ops = data["profile"]["ops"]
+    assert data["profile"]["size"] == "32x32x32" and 0 < sum(o["share"] for o in ops) <= 1 + 1e-9
+    assert any("conv" in o["op"] for o in ops)       # the network's time is in its convolutions
+    text = out.with_suffix(".md").read_text()
+    assert "| row | baseline ms |" in text and "calls per pass" in text
     assert cpu_channels_last() == switch            # the switch is left as it was
+
+
+def test_the_loop_profile_names_where_the_inner_loop_spends_its_time():
+    bench = load_module("benchmarks/bench_cpu.py", "bench_cpu")
+    ops = bench.profile_loop((16, 16, 16))
+    assert 0 < sum(o["share"] for o in ops) <= 1 + 1e-9
+    assert any("grid_sampler" in o["op"] for o in ops)     # warp forward/backward is among the top ops

@@ -53,24 +53,26 @@ def _fast(x: torch.Tensor) -> bool:
     return _CPU_CHANNELS_LAST and x.device.type == "cpu" and x.dtype == torch.float32
 
 
-class Conv2d(nn.Conv2d):
-    """nn.Conv2d that convolves in channels-last layout on the CPU (module docstring); same parameters."""
+class _ChannelsLastOnCPU:
+    """Mixed into nn.Conv2d / nn.Conv3d: convolve channels-last copies on the CPU (module docstring)."""
+
+    layout: torch.memory_format
 
     def forward(self, x):
         if _fast(x):
-            return self._conv_forward(x.contiguous(memory_format=torch.channels_last),
-                                      self.weight.contiguous(memory_format=torch.channels_last), self.bias)
+            return self._conv_forward(x.contiguous(memory_format=self.layout),
+                                      self.weight.contiguous(memory_format=self.layout), self.bias)
         return super().forward(x)
 
 
-class Conv3d(nn.Conv3d):
-    """nn.Conv3d that convolves in channels-last layout on the CPU (module docstring); same parameters."""
+class Conv2d(_ChannelsLastOnCPU, nn.Conv2d):
+    """nn.Conv2d that convolves in channels-last layout on the CPU; same parameters."""
+    layout = torch.channels_last
 
-    def forward(self, x):
-        if _fast(x):
-            return self._conv_forward(x.contiguous(memory_format=torch.channels_last_3d),
-                                      self.weight.contiguous(memory_format=torch.channels_last_3d), self.bias)
-        return super().forward(x)
+
+class Conv3d(_ChannelsLastOnCPU, nn.Conv3d):
+    """nn.Conv3d that convolves in channels-last layout on the CPU; same parameters."""
+    layout = torch.channels_last_3d
 
 
 def conv(ndim: int):
