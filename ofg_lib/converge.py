@@ -32,7 +32,7 @@ from .paths import atomic_write, resolve, write_json
 from .stats import interval
 
 __all__ = ["paired_rows", "crossings", "seed_curves", "run_converge", "run_pareto", "pareto_markdown", "pareto_figure",
-           "markdown", "plot_curves", "plot_pareto", "STRATEGIES"]
+           "markdown", "where_ofg_stands", "plot_curves", "plot_pareto", "STRATEGIES"]
 
 STRATEGIES = ("unsupervised", "ofg")
 COLLAPSE = 0.05      # a fall of validation Dice after its best this large is reported as a collapse
@@ -434,6 +434,55 @@ def verdict(arm: dict) -> str:
     if cut:
         notes += f" Cut runs, scored where they stopped: {', '.join(cut)}."
     return f"Verdict ({len(arm['seeds'])} seeds): {what}; {cross_txt}.{notes}"
+
+
+def _status(row: dict) -> str:
+    if row["difference_low"] is None:
+        return "one seed pair, no interval"
+    if row["difference_significant"]:
+        return "OFG ahead, the 95 % interval excludes 0" if row["difference_mean"] > 0 else \
+            "OFG behind, the 95 % interval excludes 0"
+    return "not resolved, the 95 % interval includes 0"
+
+
+def where_ofg_stands(converge: dict, pareto: dict | None = None, converge3d: dict | None = None) -> str:
+    """The answer so far, one line per experiment, computed from the committed summaries (README block
+    `headline`): each arm's headline Dice difference and its status, the Pareto dominance, the 3-D run's state."""
+    def dice(rows):
+        return next(r for r in rows if r["metric"] == "dice")
+    lines = []
+    setting, size = converge["spec"]["setting"], "x".join(map(str, converge["spec"]["base"]["img_size"]))
+    for arm, a in converge["arms"].items():
+        d = dice(a["test_best"])
+        ci = "" if d["difference_low"] is None else f" [{d['difference_low']:+.4f}, {d['difference_high']:+.4f}]"
+        lines.append(f"- {setting} {size}, arm **{arm}** ({len(a['seeds'])} seeds, best checkpoint on the test "
+                     f"split): OFG - unsupervised {d['difference_mean']:+.4f} Dice{ci}, OFG ahead in "
+                     f"{d['difference_ahead']} of {d['difference_n']} seeds: {_status(d)}.")
+    if pareto:
+        unsup = [r["label"] for r in pareto["summary"] if r["label"].startswith("unsup")]
+        ofg = [r["label"] for r in pareto["summary"] if r["label"].startswith("OFG")]
+        beaten = [u for u in unsup if any(o in pareto["dominated"].get(u, []) for o in ofg)]
+        free = [u for u in unsup if u not in beaten]
+        lines.append(f"- Smoothness weights swept on arm {pareto['spec']['arm']} (seed means): some OFG weight has "
+                     f"at least the Dice and at most the folds of {len(beaten)} of the {len(unsup)} unsupervised "
+                     f"weights" + (f"; not dominated: {', '.join(free)}." if free else "."))
+    if converge3d:
+        for arm, a in converge3d["arms"].items():
+            cut = [k for k, v in a["runs"].items() if v.get("cut_short")]
+            eq = a.get("equal_steps", {}).get("rows")
+            size3 = "x".join(map(str, converge3d["spec"]["base"]["img_size"]))
+            if cut and eq:
+                e = eq[0]
+                lines.append(f"- 3-D {size3}, arm {arm}: not a converged comparison ({len(cut)} runs cut by a time "
+                             f"limit); at equal steps ({', '.join(map(str, a['equal_steps']['steps']))}) OFG - "
+                             f"unsupervised {e['difference_mean']:+.4f} Dice: {_status(e)}.")
+            else:
+                d = dice(a["test_best"])
+                lines.append(f"- 3-D {size3}, arm {arm}: OFG - unsupervised {d['difference_mean']:+.4f} Dice: "
+                             f"{_status(d)}.")
+    lines.append("- Not tested here: real brains, the paper's 100,000 steps, ViT-V-Net and TransMorph trained to a "
+                 "plateau.")
+    return "\n".join(lines) + "\n"
 
 
 def plot_curves(result: dict, arm: str, ax=None):

@@ -7,7 +7,8 @@ that the README holds what this computes.
 - `converge3d`: the same for the 3-D confirmation (reports/converge3d/converge.json);
 - `pareto`: both strategies at several smoothness weights (`ofg_lib.converge.pareto_markdown`, reports/converge/pareto.json);
 - `gpu`: the GPU benchmark's rows, ratios and goals (benchmarks/results/bench_gpu_h200.json);
-- `cpu_bench`: the CPU convolution path against PyTorch's (benchmarks/results/bench_cpu.md).
+- `cpu_bench`: the CPU convolution path against PyTorch's (benchmarks/results/bench_cpu.md);
+- `headline`: where the answer stands, one line per experiment (`ofg_lib.converge.where_ofg_stands`).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def blocks() -> dict:
-    from ofg_lib.converge import pareto_markdown, verdict
+    from ofg_lib.converge import pareto_markdown, verdict, where_ofg_stands
     from ofg_lib.sweep import CLAIMS, ablation_verdicts, verdicts_markdown
     out = {}
     folder = ROOT / "reports" / "ablations"
@@ -48,6 +49,11 @@ def blocks() -> dict:
         out["gpu"] = bench.read_text().replace("# bench_gpu: ", "", 1)
     else:
         out["gpu"] = "(no GPU measurement committed yet: `bash scripts/gpu_run.sh` on a GPU)\n"
+    if conv.exists():
+        load = lambda f: json.loads(f.read_text()) if f.exists() else None  # noqa: E731
+        out["headline"] = where_ofg_stands(json.loads(conv.read_text()), load(par), load(conv3))
+    else:
+        out["headline"] = "(no committed summary yet: run `python -m ofg_lib.converge`)\n"
     cpu = ROOT / "benchmarks" / "results" / "bench_cpu.md"
     out["cpu_bench"] = (cpu.read_text().replace("# bench_cpu: ", "", 1) if cpu.exists() else
                         "(not measured yet: `python benchmarks/bench_cpu.py`)\n")

@@ -402,3 +402,27 @@ def test_a_run_counts_as_plateaued_only_when_its_summary_says_so_for_the_step_it
     rows = _read_log(tmp_path / "log.csv")
     assert rows == [{"epoch": 1, "step": 250, "lr": 0.001}, {"epoch": 2, "step": 500, "lr": 0.001, "val_dice": 0.61}]
     assert isinstance(rows[0]["step"], int) and "val_dice" not in rows[0]   # unvalidated rows carry no metric
+
+
+def test_where_ofg_stands_reads_each_status_off_its_interval():
+    from ofg_lib.converge import where_ofg_stands
+    from ofg_lib.stats import interval
+
+    def arm(diffs, cut=()):
+        row = {"metric": "dice", **{f"difference_{k}": v for k, v in interval(diffs).items()}}
+        runs = {f"ofg/{i}": {"cut_short": f"ofg/{i}" in cut} for i in range(len(diffs))}
+        return {"seeds": list(range(len(diffs))), "test_best": [row], "runs": runs,
+                "equal_steps": {"steps": [100] * len(diffs), "rows": [row]}}
+    conv = {"spec": {"setting": "realistic", "base": {"img_size": [96, 112]}},
+            "arms": {"up": arm([0.03, 0.02, 0.04]), "down": arm([-0.03, -0.02, -0.04]), "flat": arm([0.05, -0.04, 0.01])}}
+    par = {"spec": {"arm": "up"}, "summary": [{"label": "unsupervised, unsup_reg 1"}, {"label": "unsupervised, unsup_reg 2"},
+                                              {"label": "OFG, ofg_reg 0.02"}],
+           "dominated": {"unsupervised, unsup_reg 1": ["OFG, ofg_reg 0.02"], "unsupervised, unsup_reg 2": [],
+                         "OFG, ofg_reg 0.02": []}}
+    c3 = {"spec": {"base": {"img_size": [48, 64, 64]}}, "arms": {"a": arm([0.01, -0.01, 0.0], cut=("ofg/0",))}}
+    lines = where_ofg_stands(conv, par, c3).splitlines()
+    assert lines[0].endswith("OFG ahead, the 95 % interval excludes 0.") and "ahead in 3 of 3" in lines[0]
+    assert lines[1].endswith("OFG behind, the 95 % interval excludes 0.")
+    assert lines[2].endswith("not resolved, the 95 % interval includes 0.")
+    assert "1 of the 2 unsupervised weights; not dominated: unsupervised, unsup_reg 2." in lines[3]
+    assert "not a converged comparison (1 runs cut" in lines[4] and lines[-1].startswith("- Not tested here")

@@ -153,11 +153,16 @@ def test_the_channels_last_cpu_path_agrees_with_pytorchs_and_float64(size):
     with cpu_channels_last_set(True):
         assert cpu_channels_last()
         o_cl, g_cl = run(model, x)
+    # Outputs within 1e-5 of the largest value, of float64 and of each other. Gradients sum over every voxel, so
+    # float32 rounding reaches ~sqrt(n) eps (1.5e-5 of the largest entry at 32x32x48 was seen for PyTorch's own
+    # path with 2 threads): the new path must be as accurate as PyTorch's (within 3x its error against
+    # float64, plus 1e-6) and both well inside float32's reach (1e-4).
     scale_o, scale_g = o64.abs().max(), g64.abs().max()
-    for o, g in ((o_pt, g_pt), (o_cl, g_cl)):
+    for o in (o_pt, o_cl):
         assert (o - o64).abs().max() / scale_o < 1e-5
-        assert (g - g64).abs().max() / scale_g < 1e-5
-    assert (o_cl - o_pt).abs().max() / scale_o < 1e-5 and (g_cl - g_pt).abs().max() / scale_g < 1e-5
+    err_pt, err_cl = ((g - g64).abs().max() / scale_g for g in (g_pt, g_cl))
+    assert err_pt < 1e-4 and err_cl < 1e-4 and err_cl <= 3 * err_pt + 1e-6
+    assert (o_cl - o_pt).abs().max() / scale_o < 1e-5
     if torch.backends.mkldnn.is_available():    # the other path really ran (a different summation order)
         assert not torch.equal(g_cl, g_pt)
     assert all(p.is_contiguous() for p in model.parameters())
