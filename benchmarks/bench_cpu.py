@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_gpu import train_step  # noqa: E402
+from bench_lncc import make_inputs  # noqa: E402
 
 from ofg_lib import models  # noqa: E402
 from ofg_lib.models.layers import cpu_channels_last_set  # noqa: E402
@@ -42,6 +43,7 @@ GOAL_LOOP_MS = 300.0       # the 10-step loop at 80x96x112
 
 
 def _inputs(size, seed=0):
+    """Random moving and fixed images of a 2-D or 3-D size (the training-step rows; bench_lncc's are 3-D only)."""
     g = torch.Generator().manual_seed(seed)
     moving, fixed = torch.rand(1, 1, *size, generator=g), torch.rand(1, 1, *size, generator=g)
     return moving, fixed
@@ -103,8 +105,7 @@ def step_rows(size, repeats):
 
 
 def loop_row(size, repeats):
-    moving, fixed = _inputs(size)
-    disp = torch.zeros(1, 3, *size)
+    moving, fixed, disp = make_inputs(size, "cpu", torch.float32)     # the inputs of `make bench`
     refine(disp, moving, fixed)
     ms = [1000 * _timed(lambda: refine(disp, moving, fixed)) for _ in range(repeats)]
     return {"ms": statistics.median(ms)}
@@ -136,8 +137,7 @@ def profile_row(size, top: int = 6) -> list[dict]:
 
 def profile_loop(size, top: int = 6) -> list[dict]:
     """Where the time of the 10-step loop goes (the goal it misses says what limits it)."""
-    moving, fixed = _inputs(size)
-    disp = torch.zeros(1, len(size), *size)
+    moving, fixed, disp = make_inputs(size, "cpu", torch.float32)
     return _top_ops(lambda: refine(disp, moving, fixed), top)
 
 

@@ -113,14 +113,14 @@ def stored_history(cfg: dict, folder) -> list | None:
 
 
 def _read_log(path) -> list[dict]:
-    """log.csv as the trainer's history rows: numbers as int or float, empty cells as None."""
+    """log.csv as the trainer's history rows: numbers as int or float, empty cells left out."""
     import csv
 
-    def num(v):
-        if v in ("", None):
-            return None
-        f = float(v)
-        return int(f) if f.is_integer() and "." not in v and "e" not in v.lower() else f
+    def num(v):                 # the trainer writes ints as ints ("250") and floats by repr ("0.001", "1e-05")
+        try:
+            return int(v)
+        except ValueError:
+            return float(v)
     with open(path, newline="") as fh:      # an empty cell (a row without validation) is left out, as in
         return [{k: num(v) for k, v in row.items() if v not in ("", None)}   # the checkpoint's history
                 for row in csv.DictReader(fh)]
@@ -151,11 +151,15 @@ def base_config(spec: dict) -> dict:
     return {**spec["base"], **setting_config(spec["setting"], spec["base"]["img_size"])}
 
 
+def arm_overrides(spec: dict, arm: str) -> dict:
+    """The config keys an arm changes (its `seeds` entry is not one)."""
+    return {k: v for k, v in spec["arms"][arm].items() if k != "seeds"}
+
+
 def arm_config(spec: dict, arm: str, base: dict | None = None) -> tuple[dict, list]:
     """(config of `arm`'s runs without strategy and seed, the arm's seeds): an arm's `seeds` overrides the spec's."""
-    overrides = dict(spec["arms"][arm])
-    seeds = list(overrides.pop("seeds", spec["seeds"]))
-    return {**(base_config(spec) if base is None else base), **overrides}, seeds
+    seeds = list(spec["arms"][arm].get("seeds", spec["seeds"]))
+    return {**(base_config(spec) if base is None else base), **arm_overrides(spec, arm)}, seeds
 
 
 def run_converge(spec: dict, out, log=print, train: bool = True) -> dict:
@@ -176,7 +180,7 @@ def run_converge(spec: dict, out, log=print, train: bool = True) -> dict:
     result = {"spec": spec, "identity": identity_scores(base), "arms": {}}
     for arm in spec["arms"]:
         arm_cfg, arm_seeds = arm_config(spec, arm, base)     # an arm may run fewer seeds
-        overrides = {k_: v for k_, v in spec["arms"][arm].items() if k_ != "seeds"}
+        overrides = arm_overrides(spec, arm)
         hist, test, last, meta = {}, {}, {}, {}
         cap = int(arm_cfg.get("epochs", 10)) * int(arm_cfg.get("steps_per_epoch", 50))
         for seed in arm_seeds:
@@ -275,7 +279,7 @@ def run_pareto(spec: dict, out, log=print) -> dict:
     """
     out = Path(out)
     par = spec["pareto"]
-    ref = {k: v for k, v in spec["arms"][par["arm"]].items() if k != "seeds"}
+    ref = arm_overrides(spec, par["arm"])
     ref_cfg, _ = arm_config(spec, par["arm"])
     seeds, n_test = list(par["seeds"]), spec.get("test_pairs")
     jobs = [(_label({**ref_cfg, "strategy": st}), out / par["arm"] / f"{st}-seed{s}",
@@ -450,12 +454,21 @@ def where_ofg_stands(converge: dict, pareto: dict | None = None, converge3d: dic
     `headline`): each arm's headline Dice difference and its status, the Pareto dominance, the 3-D run's state."""
     def dice(rows):
         return next(r for r in rows if r["metric"] == "dice")
+
+    def regime(result, arm):
+        """Model, data, schedules and budget of an arm, from its spec (what the line's conclusion holds under)."""
+        from .train import TrainConfig
+        c = {**result["spec"]["base"], **result["arms"][arm]["overrides"]}
+        get = lambda k: c.get(k, getattr(TrainConfig(), k))  # noqa: E731
+        return (f"{get('model')}, embedded `{result['spec']['setting']}` cohort at "
+                f"{'x'.join(map(str, c['img_size']))}; network lr {get('lr'):g} {get('lr_schedule')}, inner lr "
+                f"{get('inner_lr'):g} {get('inner_lr_schedule')}; at most {get('epochs') * get('steps_per_epoch')} "
+                f"steps")
     lines = []
-    setting, size = converge["spec"]["setting"], "x".join(map(str, converge["spec"]["base"]["img_size"]))
     for arm, a in converge["arms"].items():
         d = dice(a["test_best"])
         ci = "" if d["difference_low"] is None else f" [{d['difference_low']:+.4f}, {d['difference_high']:+.4f}]"
-        lines.append(f"- {setting} {size}, arm **{arm}** ({len(a['seeds'])} seeds, best checkpoint on the test "
+        lines.append(f"- Arm **{arm}** ({regime(converge, arm)}; {len(a['seeds'])} seeds, best checkpoint on the test "
                      f"split): OFG - unsupervised {d['difference_mean']:+.4f} Dice{ci}, OFG ahead in "
                      f"{d['difference_ahead']} of {d['difference_n']} seeds: {_status(d)}.")
     if pareto:
@@ -463,23 +476,26 @@ def where_ofg_stands(converge: dict, pareto: dict | None = None, converge3d: dic
         ofg = [r["label"] for r in pareto["summary"] if r["label"].startswith("OFG")]
         beaten = [u for u in unsup if any(o in pareto["dominated"].get(u, []) for o in ofg)]
         free = [u for u in unsup if u not in beaten]
-        lines.append(f"- Smoothness weights swept on arm {pareto['spec']['arm']} (seed means): some OFG weight has "
+        n_seeds = len(pareto["spec"]["seeds"])
+        lines.append(f"- Smoothness weights swept on arm {pareto['spec']['arm']} ({n_seeds} seeds, seed means): some "
+                     f"OFG weight has "
                      f"at least the Dice and at most the folds of {len(beaten)} of the {len(unsup)} unsupervised "
                      f"weights" + (f"; not dominated: {', '.join(free)}." if free else "."))
     if converge3d:
         for arm, a in converge3d["arms"].items():
             cut = [k for k, v in a["runs"].items() if v.get("cut_short")]
             eq = a.get("equal_steps", {}).get("rows")
-            size3 = "x".join(map(str, converge3d["spec"]["base"]["img_size"]))
             if cut and eq:
                 e = eq[0]
-                lines.append(f"- 3-D {size3}, arm {arm}: not a converged comparison ({len(cut)} runs cut by a time "
+                lines.append(f"- 3-D, arm {arm} ({regime(converge3d, arm)}; {len(a['seeds'])} seeds, trained on "
+                             f"{converge3d.get('machine', 'another machine')}): not a converged comparison "
+                             f"({len(cut)} runs cut by a time "
                              f"limit); at equal steps ({', '.join(map(str, a['equal_steps']['steps']))}) OFG - "
                              f"unsupervised {e['difference_mean']:+.4f} Dice: {_status(e)}.")
             else:
                 d = dice(a["test_best"])
-                lines.append(f"- 3-D {size3}, arm {arm}: OFG - unsupervised {d['difference_mean']:+.4f} Dice: "
-                             f"{_status(d)}.")
+                lines.append(f"- 3-D, arm {arm} ({regime(converge3d, arm)}; {len(a['seeds'])} seeds): OFG - "
+                             f"unsupervised {d['difference_mean']:+.4f} Dice: {_status(d)}.")
     lines.append("- Not tested here: real brains, the paper's 100,000 steps, ViT-V-Net and TransMorph trained to a "
                  "plateau.")
     return "\n".join(lines) + "\n"

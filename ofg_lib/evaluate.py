@@ -14,6 +14,7 @@ from . import models
 from .losses import grad_l2, lncc
 from .metrics import dice, epe, fold_fraction, sdlogj, time_ms
 from .paths import load_checkpoint
+from .progress import progress_bar
 from .transform import warp
 
 __all__ = ["load_model", "load_run", "evaluate", "score_run", "SCORED"]
@@ -74,7 +75,6 @@ def evaluate(model, dataset, n: int | None = None, device="cpu", time_repeats: i
     n = len(dataset) if n is None else min(n, len(dataset))
     dev = torch.device(device)
     per_label, folds, folds_brain, logj, epes, sims, regs = [], [], [], [], [], [], []
-    from .progress import progress_bar
     for i in progress_bar(range(n), disable=progress is None, desc=progress, leave=False):
         item = {k: v[None].to(dev) for k, v in dataset[i].items() if k != "id"}
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):

@@ -411,18 +411,22 @@ def test_where_ofg_stands_reads_each_status_off_its_interval():
     def arm(diffs, cut=()):
         row = {"metric": "dice", **{f"difference_{k}": v for k, v in interval(diffs).items()}}
         runs = {f"ofg/{i}": {"cut_short": f"ofg/{i}" in cut} for i in range(len(diffs))}
-        return {"seeds": list(range(len(diffs))), "test_best": [row], "runs": runs,
+        return {"seeds": list(range(len(diffs))), "test_best": [row], "runs": runs, "overrides": {"lr": 3e-4},
                 "equal_steps": {"steps": [100] * len(diffs), "rows": [row]}}
     conv = {"spec": {"setting": "realistic", "base": {"img_size": [96, 112]}},
             "arms": {"up": arm([0.03, 0.02, 0.04]), "down": arm([-0.03, -0.02, -0.04]), "flat": arm([0.05, -0.04, 0.01])}}
-    par = {"spec": {"arm": "up"}, "summary": [{"label": "unsupervised, unsup_reg 1"}, {"label": "unsupervised, unsup_reg 2"},
+    par = {"spec": {"arm": "up", "seeds": [0, 1, 2]}, "summary": [{"label": "unsupervised, unsup_reg 1"}, {"label": "unsupervised, unsup_reg 2"},
                                               {"label": "OFG, ofg_reg 0.02"}],
            "dominated": {"unsupervised, unsup_reg 1": ["OFG, ofg_reg 0.02"], "unsupervised, unsup_reg 2": [],
                          "OFG, ofg_reg 0.02": []}}
-    c3 = {"spec": {"base": {"img_size": [48, 64, 64]}}, "arms": {"a": arm([0.01, -0.01, 0.0], cut=("ofg/0",))}}
+    c3 = {"spec": {"setting": "realistic", "base": {"img_size": [48, 64, 64]}},
+          "arms": {"a": arm([0.01, -0.01, 0.0], cut=("ofg/0",))}}
     lines = where_ofg_stands(conv, par, c3).splitlines()
     assert lines[0].endswith("OFG ahead, the 95 % interval excludes 0.") and "ahead in 3 of 3" in lines[0]
     assert lines[1].endswith("OFG behind, the 95 % interval excludes 0.")
     assert lines[2].endswith("not resolved, the 95 % interval includes 0.")
     assert "1 of the 2 unsupervised weights; not dominated: unsupervised, unsup_reg 2." in lines[3]
     assert "not a converged comparison (1 runs cut" in lines[4] and lines[-1].startswith("- Not tested here")
+    # each line says under which model, data, schedules and budget it holds (TrainConfig's defaults filled in)
+    assert "voxelmorph-1, embedded `realistic` cohort at 96x112; network lr 0.0003 poly, inner lr 0.1 poly" in lines[0]
+    assert "(3 seeds, seed means)" in lines[3] and "at 48x64x64" in lines[4]
