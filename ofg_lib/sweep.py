@@ -22,15 +22,19 @@ from pathlib import Path
 import numpy as np
 
 from .compare import _score, mean_curve, train_history
+from .evaluate import score_run
 from .paths import atomic_write, load_checkpoint, write_json
 
-__all__ = ["points", "folder_name", "sweep", "run_curves", "measure_step", "SWEEP_METRICS", "CLAIMS",
-           "ablation_verdicts", "verdicts_markdown"]
+__all__ = ["points", "folder_name", "sweep", "run_curves", "measure_step", "SWEEP_METRICS", "TEST_METRICS", "CLAIMS",
+           "verdict_metric", "ablation_verdicts", "verdicts_markdown"]
 
 SWEEP_METRICS = ("val_dice", "epe", "fold_fraction", "fold_fraction_brain", "sdlogj", "val_unsup_loss")
 # Costs per point. Not memory: on a CPU `peak_memory_mb` is the whole process's peak, so in a sweep it depends on
 # which runs came before; `measure_step` measures a config's memory in a fresh process.
 COSTS = ("sec_per_step_network", "sec_per_step_inner", "guided_share")
+# With `test_pairs`: each run's best-validation checkpoint scored on the test split (`evaluate.score_run`)
+SCORED_TEST = ("dice", "fold_fraction", "fold_fraction_brain", "sdlogj", "epe")
+TEST_METRICS = tuple(f"test_{m}" for m in SCORED_TEST)
 
 
 def points(grid) -> list[dict]:
@@ -56,7 +60,7 @@ def folder_name(overrides: dict) -> str:
 
 
 def sweep(base: dict, grid, seeds=(0, 1, 2), out="results/sweep", reference: dict | None = None,
-          last_k: int = 3, callbacks=(), log=print, name: str = "sweep") -> dict:
+          last_k: int = 3, callbacks=(), log=print, name: str = "sweep", test_pairs: int = 0) -> dict:
     """Run every point of `grid` (and the reference) for every seed; return and write NAME.json and NAME.csv.
 
     `reference`: overrides of `base` for the run every point is compared with (default: none, i.e. `base`).
@@ -65,6 +69,10 @@ def sweep(base: dict, grid, seeds=(0, 1, 2), out="results/sweep", reference: dic
     Returns {"rows": [...], "reference": ..., "seeds": ...}; each row has the point's overrides, per metric the
     mean and std over seeds, the paired difference to the reference (mean, std, per seed), and the costs
     (seconds per step of network and optimizer: medians over epochs; the share of guided steps: its mean).
+    Metrics in SWEEP_METRICS are the mean of a run's last `last_k` validations. With `test_pairs` > 0 each run's
+    best-validation checkpoint is also scored on that many pairs of the test split (`evaluate.score_run`, cached
+    beside the run): the metrics in TEST_METRICS, the score that keeps selection and reporting apart (issue 19).
+    Spreads (`std`, `difference_std`) are sample standard deviations (ddof 1; 0 with one seed).
     The reference's folder is `reference`, or `reference-<its overrides>` when it has any.
     """
     out, seeds = Path(out), list(seeds)
@@ -88,24 +96,36 @@ def sweep(base: dict, grid, seeds=(0, 1, 2), out="results/sweep", reference: dic
         row = {"point": point, "overrides": {k: v for k, v in overrides.items() if k != "_name"}}
         scores = {(key, s): _score(runs[(key, s)], math.inf, last_k, SWEEP_METRICS)   # last validations
                   for key in (point, ref_name) for s in seeds}
-        for m in SWEEP_METRICS:
+        if test_pairs:
+            for key in (point, ref_name):
+                for s in seeds:
+                    t = score_run(out / key / f"seed{s}", "test", test_pairs, "best")
+                    scores[(key, s)].update({f"test_{m}": t[m] for m in SCORED_TEST})
+        for m in SWEEP_METRICS + (TEST_METRICS if test_pairs else ()):
             mine = [scores[(point, s)][m] for s in seeds]
             ref = [scores[(ref_name, s)][m] for s in seeds]
             if any(v is None for v in mine + ref):
                 continue
             diff = np.array(mine) - np.array(ref)
-            row[m] = {"mean": float(np.mean(mine)), "std": float(np.std(mine)), "reference": float(np.mean(ref)),
-                      "difference": float(diff.mean()), "difference_std": float(diff.std()),
+            row[m] = {"mean": float(np.mean(mine)), "std": _sd(mine), "reference": float(np.mean(ref)),
+                      "difference": float(diff.mean()), "difference_std": _sd(diff),
                       "per_seed": diff.tolist()}
         for c in COSTS:     # medians over epochs (robust to a slowed epoch); the guided share is a mean
             vals = [r.get(c) for s in seeds for r in runs[(point, s)] if r.get(c) is not None]
             row[c] = (float(np.mean(vals)) if c == "guided_share" else float(np.median(vals))) if vals else None
         rows.append(row)
-    result = {"reference": reference, "seeds": seeds, "last_k": last_k, "base": base, "rows": rows}
+    result = {"reference": reference, "seeds": seeds, "last_k": last_k, "test_pairs": test_pairs, "base": base,
+              "ddof": 1, "rows": rows}
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / f"{name}.json", result)
     atomic_write(out / f"{name}.csv", _csv(rows))
     return result
+
+
+def _sd(values) -> float:
+    """Sample standard deviation (ddof 1), 0 for a single value."""
+    values = np.asarray(values, dtype=float)
+    return float(values.std(ddof=1)) if values.size > 1 else 0.0
 
 
 def run_curves(out, point: str, seeds, metric: str = "val_dice"):
@@ -119,7 +139,7 @@ def _csv(rows) -> str:
     w = csv.writer(buf)
     w.writerow(["point", "metric", "mean", "std", "reference", "difference", "difference_std", "per_seed", *COSTS])
     for r in rows:
-        for m in SWEEP_METRICS:
+        for m in SWEEP_METRICS + TEST_METRICS:
             if m in r:
                 v = r[m]
                 w.writerow([r["point"], m, v["mean"], v["std"], v["reference"], v["difference"], v["difference_std"],
@@ -151,9 +171,28 @@ def measure_step(cfg: dict, steps: int = 3, timeout: int = 900) -> dict:
 # The paper's ablation claims, each "this change costs Dice against full OFG", with the sweep table (a NAME.json
 # of `sweep`) that tests it, and whether it leans on the unsupervised loss (then it presupposes that full OFG
 # beats unsupervised training: `ofg_lib.stats`). Points of a table not named in `points` are all taken.
+def _teacher_note(rows) -> str | None:
+    """Fig. 5's caveat when its teacher is the core unsupervised run (same short budget), not a longer one."""
+    if any("strategy=unsupervised" in Path(str(r["overrides"].get("teacher", ""))).parts for r in rows):
+        return "the teacher is the seed-0 unsupervised run at the same short budget, not a well-trained one"
+    return None
+
+
+def _design_note(rows) -> str | None:
+    """Tables 3/4's caveat for the points that are not the paper's designs."""
+    notes = []
+    if any(r["overrides"].get("optimizer_design") == "network" for r in rows):
+        notes.append("`network` is a per-epoch copy of the main model (its labels lag by construction), not the "
+                     "paper's persistent optimizer network (`optimizer-network`)")
+    if any(r["overrides"].get("optimizer_design") == "downsample" and not r["overrides"].get("inner_coarse_energy")
+           for r in rows):
+        notes.append("`downsample` without `inner_coarse_energy` evaluates its energy at full resolution (no "
+                     "speed-up, unlike the paper's)")
+    return "; ".join(notes) or None
+
+
 CLAIMS = [
-    {"claim": "self-training below OFG (Fig. 5)", "table": "fig5", "needs_premise": False,
-     "note": "the teacher is the seed-0 unsupervised run at the same short budget, not a well-trained one"},
+    {"claim": "self-training below OFG (Fig. 5)", "table": "fig5", "needs_premise": False, "note": _teacher_note},
     {"claim": "epoch-interval guidance below OFG (Fig. 6)", "table": "fig6_interval", "needs_premise": True},
     {"claim": "threshold guidance below OFG (Fig. 6)", "table": "fig6_threshold", "needs_premise": True},
     {"claim": "adding L_sim below OFG (Fig. 6, Eq. 7)", "table": "fig6_mix", "needs_premise": True},
@@ -162,19 +201,26 @@ CLAIMS = [
     {"claim": "a fixed-label warm-up below OFG (Fig. 7)", "table": "fig7", "needs_premise": False,
      "points": ["warmup-self-training", "warmup-optimized-self-training"]},
     {"claim": "other optimizer designs below OFG (Tables 3, 4)", "table": "table34", "needs_premise": False,
-     "note": "not the paper's designs yet: the network optimizer is a per-epoch copy of the main model (its labels "
-             "lag by construction), the downsampled one evaluates its energy at full resolution"},
+     "note": _design_note},
 ]
 
 
-def ablation_verdicts(tables: dict, premise_table: dict, claims=CLAIMS, metric: str = "val_dice") -> dict:
+def verdict_metric(tables: dict) -> str:
+    """The metric verdicts are computed on: the test split's Dice of the best checkpoints when every table has
+    it (`sweep(..., test_pairs=N)`), else the mean of the last validations (`val_dice`)."""
+    return "test_dice" if tables and all(t.get("test_pairs") for t in tables.values()) else "val_dice"
+
+
+def ablation_verdicts(tables: dict, premise_table: dict, claims=CLAIMS, metric: str | None = None) -> dict:
     """Verdicts of the paper's ablation claims, computed from sweep results (`ofg_lib.stats.claim_verdict`).
 
     `tables`: {table name: sweep result} as in CLAIMS; `premise_table`: a sweep result holding the point
     `strategy=unsupervised` against full OFG (unsupervised - OFG per seed). Returns the premise and one row per
-    (claim, point): the paired difference (point - full OFG), its interval and the verdict.
+    (claim, point): the paired difference (point - full OFG), its interval and the verdict. `metric`: default
+    `verdict_metric` of the tables and the premise table. A claim's `note` may be a function of the table's rows.
     """
     from .stats import claim_verdict, interval, premise_holds
+    metric = metric or verdict_metric({**tables, "core": premise_table})
     ref = next((r for r in premise_table["rows"] if r["overrides"] == {"strategy": "unsupervised"}), None)
     if ref is None:
         raise ValueError("the premise table has no point strategy=unsupervised (against full OFG)")
@@ -185,12 +231,13 @@ def ablation_verdicts(tables: dict, premise_table: dict, claims=CLAIMS, metric: 
         result = tables.get(c["table"])
         if result is None:
             continue
-        for r in result["rows"]:
-            if c.get("points") and r["point"] not in c["points"]:
-                continue
+        chosen = [r for r in result["rows"] if not c.get("points") or r["point"] in c["points"]]
+        note = c.get("note")
+        note = note(chosen) if callable(note) else note
+        for r in chosen:
             v = claim_verdict(r[metric]["per_seed"], c["needs_premise"], premise)
             rows.append({"claim": c["claim"], "table": c["table"], "point": r["point"], "needs_premise": c["needs_premise"],
-                         "note": c.get("note"), "reference": r[metric]["reference"], **v})
+                         "note": note, "reference": r[metric]["reference"], **v})
     return {"metric": metric, "premise": {"holds": premise, **interval(ofg_minus_unsup)}, "rows": rows}
 
 

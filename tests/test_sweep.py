@@ -75,3 +75,58 @@ def test_measure_step_runs_a_config_in_a_fresh_process():
     assert r["sec_per_step_inner"] > 0 and r["peak_memory_mb"] > 100 and r["training_extra_mb"] >= 0
     with pytest.raises(RuntimeError, match="unknown config key"):
         measure_step({**BASE, "no_such_key": 1})
+
+
+def test_test_split_scores_of_the_best_checkpoints_and_sample_spreads(tmp_path):
+    """With test_pairs, each run's best-validation checkpoint is scored on the test split (score_run's numbers,
+    paired by seed); spreads are sample standard deviations (ddof 1)."""
+    import numpy as np
+
+    from ofg_lib.evaluate import score_run
+    out = tmp_path / "s"
+    result = sweep(BASE, [{"strategy": "unsupervised"}], seeds=[0, 1], out=out, last_k=1, log=lambda *a: None,
+                   test_pairs=3)
+    row = result["rows"][0]
+    assert result["test_pairs"] == 3 and result["ddof"] == 1
+    mine = [score_run(out / "strategy=unsupervised" / f"seed{s}", "test", 3, "best") for s in (0, 1)]
+    ref = [score_run(out / "reference" / f"seed{s}", "test", 3, "best") for s in (0, 1)]
+    assert all(m["split"] == "test" and m["pairs"] == 3 and m["which"] == "best" for m in mine + ref)
+    diff = [m["dice"] - r["dice"] for m, r in zip(mine, ref)]
+    assert row["test_dice"]["per_seed"] == pytest.approx(diff)
+    assert row["test_dice"]["mean"] == pytest.approx(np.mean([m["dice"] for m in mine]))
+    assert row["test_dice"]["std"] == pytest.approx(np.std([m["dice"] for m in mine], ddof=1))
+    assert row["test_dice"]["difference_std"] == pytest.approx(np.std(diff, ddof=1))
+    assert row["test_epe"]["per_seed"] == pytest.approx([m["epe"] - r["epe"] for m, r in zip(mine, ref)])
+    with open(out / "sweep.csv") as f:
+        assert "test_dice" in {r["metric"] for r in csv.DictReader(f)}
+    # without test_pairs nothing is scored on the test split
+    plain = sweep(BASE, [{"strategy": "unsupervised"}], seeds=[0], out=out, last_k=1, log=lambda *a: None)
+    assert "test_dice" not in plain["rows"][0] and plain["rows"][0]["val_dice"]["std"] == 0.0
+
+
+def test_verdict_notes_follow_the_designs_in_the_table():
+    from ofg_lib.sweep import ablation_verdicts, verdict_metric
+
+    def table(points, metric="val_dice", **extra):
+        return {**extra, "rows": [{"point": p, "overrides": o, metric: {"per_seed": [-0.02, -0.021, -0.019],
+                                                                         "reference": 0.9}} for p, o in points]}
+    core = {"rows": [{"point": "strategy=unsupervised", "overrides": {"strategy": "unsupervised"},
+                      "val_dice": {"per_seed": [-0.01, -0.011, -0.012], "reference": 0.9}}]}
+    old = {"table34": table([("a", {"optimizer_design": "network"}), ("b", {"optimizer_design": "downsample"})]),
+           "fig5": table([("self-training", {"teacher": "runs/strategy=unsupervised/seed0/checkpoint.pt"})])}
+    notes = {r["table"]: r["note"] for r in ablation_verdicts(old, core)["rows"]}
+    assert "per-epoch copy" in notes["table34"] and "full resolution" in notes["table34"]
+    assert "same short budget" in notes["fig5"]
+    new = {"table34": table([("a", {"optimizer_design": "optimizer-network"}),
+                             ("b", {"optimizer_design": "downsample", "inner_coarse_energy": True})]),
+           "fig5": table([("self-training", {"teacher": "runs/teacher-24ep/best.pt"})])}
+    assert all(r["note"] is None for r in ablation_verdicts(new, core)["rows"])
+    # the verdicts use the test split's Dice only when every table (and the premise) carries it
+    assert verdict_metric(new) == "val_dice"
+    tested = {k: table([("a", {})], "test_dice", test_pairs=40) for k in ("fig5", "core")}
+    assert verdict_metric(tested) == "test_dice"
+    assert verdict_metric({**tested, "x": table([("a", {})])}) == "val_dice"
+    tested["core"]["rows"][0]["point"] = "strategy=unsupervised"
+    tested["core"]["rows"][0]["overrides"] = {"strategy": "unsupervised"}
+    v = ablation_verdicts({"fig5": tested["fig5"]}, tested["core"])
+    assert v["metric"] == "test_dice" and v["rows"][0]["verdict"] == "holds"
