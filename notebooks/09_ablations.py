@@ -25,6 +25,8 @@ inner_lr_schedule = "poly"  # OFG's inner lr: poly (published, decays with the n
 epochs = 3  # epochs per run
 steps_per_epoch = 4  # training pairs per epoch
 val_pairs = 2  # validation pairs, every epoch
+plateau_tol = None  # stop a run early once its smoothed validation Dice gains < this over its last third (None: never)
+plateau_min_steps = 0  # ... but not before this many steps (ofg_lib.train.plateaued)
 seeds = [0]  # each point is trained for every seed and compared with OFG of the same seed
 last_k = 1  # a run's score: the mean of its last k validations
 test_pairs = 0  # > 0: also score each run's best-validation checkpoint on this many test pairs (the verdicts use it)
@@ -39,7 +41,7 @@ inner_downsample = [2]  # Table 4, the downsampled optimizer (field at 1/k resol
 coarse_energy = False  # Table 4: evaluate the downsampled optimizer's energy at 1/k too (the paper's speed-up)
 models = ["voxelmorph-1-tiny", "voxelmorph-2-tiny"]  # Table 2, convergence loss per model (unsupervised runs)
 teacher_steps = 20  # optimized self-training: optimizer steps on the teacher's field (the paper: to convergence)
-teacher_epochs = None  # Fig. 5's teacher: an unsupervised run of this many epochs (None: the core run's, `epochs`)
+teacher_epochs = None  # Fig. 5's teacher: an unsupervised run of this many epochs (None: the core unsupervised run)
 measure_steps = 2  # Table 4: steps per design timed in a fresh process (peak memory is per process on a CPU)
 threads = 0  # torch CPU threads (0: default)
 
@@ -60,7 +62,8 @@ from ofg_lib.sweep import measure_step, run_curves, sweep
 out = resolve(run_dir) / "runs"
 base = {"model": model, "img_size": img_size, "lr": lr, "epochs": epochs, "steps_per_epoch": steps_per_epoch,
         "val_pairs": val_pairs, "threads": threads, "progress": False, "teacher_steps": teacher_steps,
-        "lr_schedule": lr_schedule, "inner_lr_schedule": inner_lr_schedule, **study.setting_config(setting, img_size)}
+        "lr_schedule": lr_schedule, "inner_lr_schedule": inner_lr_schedule, **study.setting_config(setting, img_size),
+        **({"plateau_tol": plateau_tol, "plateau_min_steps": plateau_min_steps} if plateau_tol is not None else {})}
 run = dict(seeds=seeds, out=out, last_k=last_k, log=lambda *a: None,   # every sweep: OFG (base) is the reference
            test_pairs=test_pairs)
 # The score every table and verdict uses: the best-validation checkpoint on the test split when `test_pairs` is
@@ -96,7 +99,8 @@ def table(result, columns=(DICE, prefix + "epe", prefix + "fold_fraction_brain")
 # %%
 core = sweep(base, [{"strategy": "unsupervised"}], name="core", **run)
 display(table(core))
-teacher = str(out / "strategy=unsupervised" / f"seed{seeds[0]}" / "checkpoint.pt")
+# the teacher: the first seed's unsupervised run (its best-validation checkpoint when runs are scored that way)
+teacher = str(out / "strategy=unsupervised" / f"seed{seeds[0]}" / ("best.pt" if test_pairs else "checkpoint.pt"))
 if teacher_epochs and teacher_epochs != epochs:
     # a better-trained teacher: the paper's upper-bound argument needs one above OFG, not one at OFG's budget;
     # its best-validation checkpoint (a constant lr can make the last one worse)

@@ -101,14 +101,61 @@ def step_seconds(histories) -> float:
     return float(np.median([h["sec_per_step_network"] + h["sec_per_step_inner"] for hist in histories for h in hist]))
 
 
-def load_runs(run_dir, seed: int = 0, strategies=("unsupervised", "ofg"), device="cpu") -> dict:
-    """{strategy: (model, config, history)} of one seed's runs of a comparison made by `compare` in `run_dir`."""
+def load_runs(run_dir, seed: int = 0, strategies=("unsupervised", "ofg"), device="cpu", make: bool = False) -> dict:
+    """{strategy: (model, config, history)} of one seed's runs of a comparison made by `compare` in `run_dir`.
+
+    `make=True` (notebooks 06 and 07): when the runs are missing, make them first by running notebook 05 with its
+    own defaults, this `run_dir` and this seed (`run_notebook_05`), so a student who opens 06 or 07 first gets in.
+    """
     folders = {s: Path(run_dir) / "compare" / f"{s}-seed{seed}" for s in strategies}
     missing = [str(f) for f in folders.values() if not (f / "checkpoint.pt").exists()]
+    if missing and make:
+        run_notebook_05(run_dir, seed)
+        missing = [str(f) for f in folders.values() if not (f / "checkpoint.pt").exists()]
     if missing:
         raise FileNotFoundError(f"no trained runs at {', '.join(missing)}: run notebook 05 with the same run_dir "
                                 f"first")
     return {s: load_run(f, device) for s, f in folders.items()}
+
+
+def run_notebook_05(run_dir, seed: int = 0, log=print) -> Path:
+    """Execute notebook 05 (its defaults, with `run_dir` and `seeds=[seed]`) through papermill, with a progress bar;
+    the executed copy is `run_dir/05_ofg_training.ipynb`. Returns its path. At the defaults this takes about a
+    minute on a laptop CPU (two tiny runs at 48x64x64; the time is printed)."""
+    import os
+    import tempfile
+    import time
+
+    import jupytext
+    import papermill as pm
+
+    from .paths import REPO
+    run_dir = Path(run_dir)
+    src = REPO / "notebooks" / "05_ofg_training.py"
+    if not src.is_file():
+        raise FileNotFoundError(f"{src} not found: making notebook 05's runs needs the project's notebooks folder")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log(f"no runs of notebook 05 in {run_dir}: running notebook 05 with its defaults to make them "
+        f"(run_dir={run_dir}, seeds=[{seed}])")
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        nb = Path(tmp) / "05_ofg_training.ipynb"
+        notebook = jupytext.read(src)
+        notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        jupytext.write(notebook, nb, fmt="ipynb")
+        out = run_dir / "05_ofg_training.ipynb"
+        env = os.environ.get("OFG_STATIC")
+        os.environ["OFG_STATIC"] = "1"          # the child kernel draws static figures (no frontend shows it)
+        try:
+            pm.execute_notebook(str(nb), str(out), parameters={"run_dir": str(run_dir), "seeds": [seed]},
+                                kernel_name="python3", cwd=str(REPO), progress_bar=True, log_output=False)
+        finally:
+            if env is None:
+                os.environ.pop("OFG_STATIC", None)
+            else:
+                os.environ["OFG_STATIC"] = env
+    log(f"notebook 05 ran in {time.perf_counter() - t0:.0f} s -> {out}")
+    return out
 
 
 def paired(scores: dict, strategies, seeds) -> dict:

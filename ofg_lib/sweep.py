@@ -173,8 +173,12 @@ def measure_step(cfg: dict, steps: int = 3, timeout: int = 900) -> dict:
 # beats unsupervised training: `ofg_lib.stats`). Points of a table not named in `points` are all taken.
 def _teacher_note(rows) -> str | None:
     """Fig. 5's caveat when its teacher is the core unsupervised run (same short budget), not a longer one."""
-    if any("strategy=unsupervised" in Path(str(r["overrides"].get("teacher", ""))).parts for r in rows):
+    teachers = [Path(str(r["overrides"]["teacher"])) for r in rows if r["overrides"].get("teacher")]
+    if any("strategy=unsupervised" in t.parts and t.name == "checkpoint.pt" for t in teachers):
         return "the teacher is the seed-0 unsupervised run at the same short budget, not a well-trained one"
+    if any("strategy=unsupervised" in t.parts for t in teachers):
+        return ("the teacher is the seed-0 unsupervised run of the same sweep (the best-validation checkpoint of a run "
+                "with OFG's budget), not a separately trained one")
     return None
 
 

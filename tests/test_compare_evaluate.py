@@ -47,3 +47,32 @@ def test_the_equal_time_budget_is_the_median_step_so_a_slowed_epoch_does_not_mov
     clean = [{"sec_per_step_network": 0.3, "sec_per_step_inner": 0.1} for _ in range(9)]
     slowed = clean[:8] + [{"sec_per_step_network": 3.0, "sec_per_step_inner": 1.0}]
     assert step_seconds([clean, slowed]) == pytest.approx(0.4)
+
+
+def test_load_runs_makes_missing_runs_by_running_notebook_05_only_when_asked(tmp_path, monkeypatch):
+    """Notebooks 06 and 07 call load_runs(..., make=True): a student who opens them first gets notebook 05's runs
+    made (by running notebook 05 with this run_dir and seed); without make, or when making fails to produce them,
+    the error names the folders and says what to run."""
+    from ofg_lib import compare
+    calls = []
+
+    def fake_05(run_dir, seed):      # stands in for papermill: trains the two runs notebook 05 would
+        calls.append((run_dir, seed))
+        for s in ("unsupervised", "ofg"):
+            compare.train_history({"model": "voxelmorph-1-tiny", "img_size": [32, 32], "epochs": 1,
+                                   "steps_per_epoch": 1, "val_pairs": 1, "progress": False, "inner_steps": 2,
+                                   "strategy": s, "seed": seed}, run_dir / "compare" / f"{s}-seed{seed}")
+
+    monkeypatch.setenv("OFG_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setattr(compare, "run_notebook_05", fake_05)
+    with pytest.raises(FileNotFoundError, match="run notebook 05 with the same run_dir first"):
+        compare.load_runs(tmp_path / "r", 1)
+    assert calls == []
+    runs = compare.load_runs(tmp_path / "r", 1, make=True)
+    assert calls == [(tmp_path / "r", 1)] and set(runs) == {"unsupervised", "ofg"}
+    assert runs["ofg"][1]["strategy"] == "ofg" and runs["ofg"][1]["seed"] == 1
+    compare.load_runs(tmp_path / "r", 1, make=True)          # present now: notebook 05 is not run again
+    assert len(calls) == 1
+    monkeypatch.setattr(compare, "run_notebook_05", lambda run_dir, seed: None)   # ran, but made nothing
+    with pytest.raises(FileNotFoundError, match="no trained runs"):
+        compare.load_runs(tmp_path / "other", 0, make=True)

@@ -155,3 +155,35 @@ def test_a_profile_may_run_only_some_notebooks(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="`only` must be a list"):
         script.load_profile("bad")
     assert load_script().profile_only("study") == ["08"] and load_script().profile_only("cpu") is None
+
+
+def test_the_lab_settings_we_ship_are_settings_of_the_installed_jupyterlab():
+    """scripts/jupyterlab-overrides.json (installed by `make lab`, read by `make test-lab`) names plugins and keys
+    the installed JupyterLab's schemas define, with values of their types: a renamed setting would be ignored
+    silently, and the student would meet the "Select Kernel" dialog again."""
+    import json
+    import sys
+    schemas = Path(sys.prefix) / "share" / "jupyter" / "lab" / "schemas"
+    if not schemas.is_dir():
+        pytest.skip("JupyterLab's schemas are not installed in this environment")
+    overrides = json.loads((ROOT / "scripts" / "jupyterlab-overrides.json").read_text())
+    assert overrides["@jupyterlab/notebook-extension:tracker"]["autoStartDefaultKernel"] is True
+    assert overrides["@jupyterlab/docmanager-extension:plugin"]["defaultViewers"]["python"] == "Jupytext Notebook"
+    types = {"boolean": bool, "string": str, "object": dict}
+    for plugin, values in overrides.items():
+        package, name = plugin.split(":")
+        schema = json.loads((schemas / package / f"{name}.json").read_text())
+        for key, value in values.items():
+            prop = schema["properties"].get(key)
+            assert prop is not None, f"{plugin} has no setting {key!r}"
+            if prop.get("type") in types:
+                assert isinstance(value, types[prop["type"]]), (plugin, key, value)
+            if "enum" in prop:
+                assert value in prop["enum"], (plugin, key, value, prop["enum"])
+
+
+def test_the_lab_check_skips_with_a_message_without_chromium(monkeypatch, capsys):
+    lab = load_module("scripts/lab_check.py", "lab_check")
+    monkeypatch.setattr(lab.shutil, "which", lambda name: None)
+    assert lab.main([]) == 0
+    assert "no chromium on the PATH" in capsys.readouterr().out

@@ -121,6 +121,8 @@ def test_verdict_notes_follow_the_designs_in_the_table():
                              ("b", {"optimizer_design": "downsample", "inner_coarse_energy": True})]),
            "fig5": table([("self-training", {"teacher": "runs/teacher-24ep/best.pt"})])}
     assert all(r["note"] is None for r in ablation_verdicts(new, core)["rows"])
+    best = {"fig5": table([("self-training", {"teacher": "runs/strategy=unsupervised/seed0/best.pt"})])}
+    assert "best-validation checkpoint" in ablation_verdicts(best, core)["rows"][0]["note"]
     # the verdicts use the test split's Dice only when every table (and the premise) carries it
     assert verdict_metric(new) == "val_dice"
     tested = {k: table([("a", {})], "test_dice", test_pairs=40) for k in ("fig5", "core")}
