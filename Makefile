@@ -18,11 +18,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# Unit tests, then every notebook under nbval (lax: cells must run; assert cells check the numbers).
+# Unit tests, then every notebook under nbval (lax: cells must run; assert cells check the numbers); the 25
+# slowest items are listed at the end (where to look when make test grows).
 test: setup
 	$(BIN)/python scripts/notebooks.py check-params
 	rm -rf build/nbval && $(BIN)/python scripts/notebooks.py convert --out build/nbval >/dev/null
-	CI=1 $(BIN)/python -m pytest -p no:cacheprovider tests build/nbval --nbval-lax
+	CI=1 $(BIN)/python -m pytest -p no:cacheprovider --durations=25 tests build/nbval --nbval-lax
 
 # JupyterLab in headless Chromium (Playwright, Debian's chromium): notebooks 02 and 04 run, widgets redraw
 # (scripts/lab_check.py; screenshots in build/lab/ on failure; skips with a message when no chromium is installed).

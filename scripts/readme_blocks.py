@@ -3,6 +3,7 @@ committed summaries, never typed. `python scripts/readme_blocks.py` rewrites the
 that the README holds what this computes.
 
 - `verdicts`: the ablation verdicts (`ofg_lib.sweep`, from reports/ablations/*.json);
+- `verdicts_realistic`: the same for the rerun where the premise holds (reports/ablations_realistic/*.json);
 - `converge`: the run-to-plateau study's verdict per arm (`ofg_lib.converge.verdict`, reports/converge/converge.json);
 - `converge3d`: the same for the 3-D confirmation (reports/converge3d/converge.json);
 - `pareto`: both strategies at several smoothness weights (`ofg_lib.converge.pareto_markdown`, reports/converge/pareto.json);
@@ -27,6 +28,13 @@ def blocks() -> dict:
     folder = ROOT / "reports" / "ablations"
     tables = {c["table"]: json.loads((folder / f"{c['table']}.json").read_text()) for c in CLAIMS}
     out["verdicts"] = verdicts_markdown(ablation_verdicts(tables, json.loads((folder / "core.json").read_text())))
+    real = ROOT / "reports" / "ablations_realistic"
+    if (real / "core.json").exists():
+        tables = {c["table"]: json.loads((real / f"{c['table']}.json").read_text()) for c in CLAIMS
+                  if (real / f"{c['table']}.json").exists()}
+        out["verdicts_realistic"] = verdicts_markdown(ablation_verdicts(tables, json.loads((real / "core.json").read_text())))
+    else:
+        out["verdicts_realistic"] = "(no committed summary yet: `make reproduce PROFILE=ablations_realistic`)\n"
     conv = ROOT / "reports" / "converge" / "converge.json"
     if conv.exists():
         r = json.loads(conv.read_text())
