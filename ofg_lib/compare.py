@@ -15,19 +15,13 @@ import numpy as np
 
 from .evaluate import load_run
 from .paths import atomic_write, load_checkpoint, write_json
+from .stats import last_k_mean, sd
 from .train import load_config, run
 
 METRICS = ("val_dice", "fold_fraction", "fold_fraction_brain", "epe", "sdlogj")
 NAMES = {"val_dice": "Dice", "fold_fraction": "folds (% of all voxels, as Table 1's code)",
          "fold_fraction_brain": "folds (% of brain voxels, as the paper's text)", "epe": "EPE (voxels)",
          "sdlogj": "SDlogJ"}
-
-
-def _score(history, upto_epoch, last_k, metrics=METRICS):
-    """Each metric's mean over a run's last `last_k` validations up to `upto_epoch` (None where not logged)."""
-    rows = [r for r in history if "val_dice" in r and r["epoch"] <= upto_epoch][-last_k:]
-    return {m: float(np.mean([r[m] for r in rows])) if rows and rows[0].get(m) is not None else None
-            for m in metrics}
 
 
 def _history(out: Path):
@@ -68,7 +62,7 @@ def compare(base: dict, strategies=("unsupervised", "ofg"), seeds=(0, 1, 2), out
     epochs = load_config(base).epochs
     table = {"equal_steps": {}, "equal_time": {}}
     for (strat, seed), r in runs.items():
-        table["equal_steps"][f"{strat}/{seed}"] = _score(r["history"], epochs, last_k)
+        table["equal_steps"][f"{strat}/{seed}"] = last_k_mean(r["history"], epochs, last_k, METRICS)
     if equal_time:
         per_step = {s: step_seconds([runs[(s, seed)]["history"] for seed in seeds]) for s in strategies}
         slow = max(per_step, key=per_step.get)
@@ -83,7 +77,7 @@ def compare(base: dict, strategies=("unsupervised", "ofg"), seeds=(0, 1, 2), out
                     upto = extra
                 else:
                     hist, upto = runs[(strat, seed)]["history"], epochs
-                table["equal_time"][f"{strat}/{seed}"] = {**_score(hist, upto, last_k), "epochs": upto}
+                table["equal_time"][f"{strat}/{seed}"] = {**last_k_mean(hist, upto, last_k, METRICS), "epochs": upto}
     result = {"strategies": list(strategies), "seeds": list(seeds), "last_k": last_k, "per_run": table,
               "sec_per_step": per_step if equal_time else None,
               "paired": {k: paired(table[k], strategies, seeds) for k in table if table[k]}}
@@ -159,7 +153,7 @@ def run_notebook_05(run_dir, seed: int = 0, log=print) -> Path:
 
 
 def paired(scores: dict, strategies, seeds) -> dict:
-    """Per metric: mean and std over seeds of each strategy, and of the per-seed difference (second - first)."""
+    """Per metric: mean and std (ddof 1) over seeds of each strategy, and of the per-seed difference (second - first)."""
     a, b = strategies[0], strategies[-1]
     out = {}
     for m in METRICS:
@@ -168,15 +162,15 @@ def paired(scores: dict, strategies, seeds) -> dict:
         if any(v is None for v in va + vb):
             continue
         diff = np.array(vb) - np.array(va)
-        out[m] = {a: (float(np.mean(va)), float(np.std(va))), b: (float(np.mean(vb)), float(np.std(vb))),
-                  "difference": (float(diff.mean()), float(diff.std())), "per_seed": diff.tolist()}
+        out[m] = {a: (float(np.mean(va)), sd(va)), b: (float(np.mean(vb)), sd(vb)),
+                  "difference": (float(diff.mean()), sd(diff)), "per_seed": diff.tolist()}
     return out
 
 
 def markdown(result: dict) -> str:
     a, b = result["strategies"][0], result["strategies"][-1]
     lines = [f"Seeds {result['seeds']}; each score is the mean of a run's last {result['last_k']} validations; "
-             f"mean ± std over seeds; difference = {b} - {a}, paired by seed.", ""]
+             f"mean ± std (ddof 1) over seeds; difference = {b} - {a}, paired by seed.", ""]
     for setting, metrics in result["paired"].items():
         lines += [f"**{setting.replace('_', ' ')}**", "", f"| metric | {a} | {b} | difference |", "|---|---|---|---|"]
         for m, v in metrics.items():

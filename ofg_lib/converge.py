@@ -26,10 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .compare import _score, train_history
+from .compare import train_history
 from .evaluate import score_run
 from .paths import atomic_write, resolve, write_json
-from .stats import interval
+from .stats import interval, last_k_mean, sd
 
 __all__ = ["paired_rows", "crossings", "seed_curves", "run_converge", "run_pareto", "pareto_markdown", "pareto_figure",
            "markdown", "where_ofg_stands", "plot_curves", "plot_pareto", "STRATEGIES"]
@@ -67,9 +67,7 @@ def paired_rows(scores: dict, seeds, a: str = "unsupervised", b: str = "ofg", me
         vb = [scores[(b, s)].get(m) for s in seeds]
         if any(v is None for v in va + vb):
             continue
-        ddof = 1 if len(seeds) > 1 else 0
-        rows.append({"metric": m, a: float(np.mean(va)), f"{a}_std": float(np.std(va, ddof=ddof)),
-                     b: float(np.mean(vb)), f"{b}_std": float(np.std(vb, ddof=ddof)),
+        rows.append({"metric": m, a: float(np.mean(va)), f"{a}_std": sd(va), b: float(np.mean(vb)), f"{b}_std": sd(vb),
                      "per_seed": (np.array(vb) - np.array(va)).tolist(),
                      **{f"difference_{k}": v for k, v in interval(np.array(vb) - np.array(va)).items()}})
     return rows
@@ -86,7 +84,7 @@ def _plateaued(folder, history) -> bool:
 
 def _last_k(history, k: int) -> dict:
     """The mean of a run's last k validations (compare's score), under this module's metric names."""
-    s = _score(history, math.inf, k, ("val_dice", "fold_fraction", "sdlogj", "epe"))
+    s = last_k_mean(history, math.inf, k, ("val_dice", "fold_fraction", "sdlogj", "epe"))
     return {"dice": s["val_dice"], **{m: s[m] for m in ("fold_fraction", "sdlogj", "epe")}}
 
 

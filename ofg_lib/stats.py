@@ -1,4 +1,4 @@
-"""Paired differences and the verdicts built from them (notebooks 08 and 09, `ofg_lib.converge`).
+"""Scores, paired differences and the verdicts built from them (notebooks 05, 08 and 09, every runner).
 
     interval([0.004, 0.009, 0.004])            # mean, 95 % t interval (ddof 1), sign count
     claim_verdict(per_seed, premise=...)       # "holds" / "contradicted" / "unresolved" / "not testable here"
@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 
-__all__ = ["interval", "claim_verdict", "premise_holds", "VERDICTS"]
+__all__ = ["interval", "sd", "paired", "last_k_mean", "claim_verdict", "premise_holds", "VERDICTS"]
 
 VERDICTS = ("holds", "contradicted", "unresolved", "not testable here")
 
@@ -42,6 +42,34 @@ def interval(diffs, level: float = 0.95) -> dict:
     half = float(stats.t.ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n))
     return {**base, "low": mean - half, "high": mean + half, "std": sd,
             "significant": bool(mean - half > 0 or mean + half < 0)}
+
+
+def sd(values) -> float:
+    """Sample standard deviation (ddof 1) over seeds; 0 for a single value. Every spread in the project's tables."""
+    values = np.asarray(values, dtype=float)
+    return float(values.std(ddof=1)) if values.size > 1 else 0.0
+
+
+def paired(mine, reference) -> dict:
+    """The one paired-difference record of the project's tables (sweeps, comparisons): per-seed values of a run
+    and of its reference, same seeds in the same order. Keys: `mean`, `std` of `mine`; `reference`,
+    `reference_std`; `difference`, `difference_std` and `per_seed` (mine - reference); and `interval`'s
+    `low`, `high`, `ahead`, `behind`, `n`, `significant`. Spreads are ddof 1."""
+    mine, reference = np.asarray(mine, dtype=float), np.asarray(reference, dtype=float)
+    if mine.shape != reference.shape:
+        raise ValueError(f"paired values need the same seeds: {mine.size} against {reference.size}")
+    diff = mine - reference
+    iv = interval(diff)
+    return {"mean": float(mine.mean()), "std": sd(mine), "reference": float(reference.mean()),
+            "reference_std": sd(reference), "difference": float(diff.mean()), "difference_std": sd(diff),
+            "per_seed": diff.tolist(), **{k: iv[k] for k in ("low", "high", "ahead", "behind", "n", "significant")}}
+
+
+def last_k_mean(history, upto_epoch, last_k: int, metrics) -> dict:
+    """Each metric's mean over a run's last `last_k` validations up to `upto_epoch` (None where not logged)."""
+    rows = [r for r in history if "val_dice" in r and r["epoch"] <= upto_epoch][-last_k:]
+    return {m: float(np.mean([r[m] for r in rows])) if rows and rows[0].get(m) is not None else None
+            for m in metrics}
 
 
 def premise_holds(ofg_minus_unsupervised) -> bool:

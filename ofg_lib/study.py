@@ -30,8 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .compare import _score, mean_curve, paired, step_seconds, train_history
+from .compare import METRICS, mean_curve, paired, step_seconds, train_history
 from .paths import atomic_write, write_json
+from .stats import last_k_mean
 
 __all__ = ["SETTINGS", "setting_config", "identity_scores", "run_study", "plateau", "table_markdown", "curves",
            "conclusion", "spec_from_params", "write_report"]
@@ -89,7 +90,7 @@ def identity_scores(cfg: dict, n: int = 10) -> dict:
 
 
 def _pair_scores(histories: dict, epochs: dict, last_k: int, seeds) -> dict:
-    scores = {f"{s}/{seed}": _score(histories[(s, seed)], epochs[s], last_k) for s, seed in histories}
+    scores = {f"{s}/{seed}": last_k_mean(histories[(s, seed)], epochs[s], last_k, METRICS) for s, seed in histories}
     return paired(scores, ("unsupervised", "ofg"), seeds)
 
 

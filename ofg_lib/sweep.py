@@ -21,8 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .compare import _score, mean_curve, train_history
+from .compare import mean_curve, train_history
 from .evaluate import score_run
+from .stats import last_k_mean, paired
 from .paths import atomic_write, load_checkpoint, write_json
 
 __all__ = ["points", "folder_name", "sweep", "run_curves", "measure_step", "SWEEP_METRICS", "TEST_METRICS", "CLAIMS",
@@ -94,7 +95,7 @@ def sweep(base: dict, grid, seeds=(0, 1, 2), out="results/sweep", reference: dic
     for overrides in points(grid):
         point = train(overrides)
         row = {"point": point, "overrides": {k: v for k, v in overrides.items() if k != "_name"}}
-        scores = {(key, s): _score(runs[(key, s)], math.inf, last_k, SWEEP_METRICS)   # last validations
+        scores = {(key, s): last_k_mean(runs[(key, s)], math.inf, last_k, SWEEP_METRICS)   # last validations
                   for key in (point, ref_name) for s in seeds}
         if test_pairs:
             for key in (point, ref_name):
@@ -106,10 +107,7 @@ def sweep(base: dict, grid, seeds=(0, 1, 2), out="results/sweep", reference: dic
             ref = [scores[(ref_name, s)][m] for s in seeds]
             if any(v is None for v in mine + ref):
                 continue
-            diff = np.array(mine) - np.array(ref)
-            row[m] = {"mean": float(np.mean(mine)), "std": _sd(mine), "reference": float(np.mean(ref)),
-                      "difference": float(diff.mean()), "difference_std": _sd(diff),
-                      "per_seed": diff.tolist()}
+            row[m] = paired(mine, ref)
         for c in COSTS:     # medians over epochs (robust to a slowed epoch); the guided share is a mean
             vals = [r.get(c) for s in seeds for r in runs[(point, s)] if r.get(c) is not None]
             row[c] = (float(np.mean(vals)) if c == "guided_share" else float(np.median(vals))) if vals else None
@@ -120,12 +118,6 @@ def sweep(base: dict, grid, seeds=(0, 1, 2), out="results/sweep", reference: dic
     write_json(out / f"{name}.json", result)
     atomic_write(out / f"{name}.csv", _csv(rows))
     return result
-
-
-def _sd(values) -> float:
-    """Sample standard deviation (ddof 1), 0 for a single value."""
-    values = np.asarray(values, dtype=float)
-    return float(values.std(ddof=1)) if values.size > 1 else 0.0
 
 
 def run_curves(out, point: str, seeds, metric: str = "val_dice"):

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from ofg_lib import models
-from ofg_lib.compare import _score, markdown, paired
+from ofg_lib.compare import METRICS, markdown, paired
+from ofg_lib.stats import last_k_mean
 from ofg_lib.data import Embedded
 from ofg_lib.evaluate import evaluate, load_model
 
@@ -15,17 +16,19 @@ def test_paired_differences_are_per_seed():
               "ofg/1": {"val_dice": 0.76, "fold_fraction": 0.0, "epe": 0.8}}
     p = paired(scores, ("unsupervised", "ofg"), (0, 1))
     assert p["val_dice"]["per_seed"] == pytest.approx([0.01, 0.02])
-    assert p["val_dice"]["difference"] == pytest.approx((0.015, 0.005))
-    assert p["val_dice"]["ofg"] == pytest.approx((0.735, 0.025))
+    # spreads are sample standard deviations (ddof 1): |a - b| / sqrt(2) for two seeds
+    assert p["val_dice"]["difference"] == pytest.approx((0.015, 0.01 / 2 ** 0.5))
+    assert p["val_dice"]["ofg"] == pytest.approx((0.735, 0.05 / 2 ** 0.5))
     text = markdown({"strategies": ["unsupervised", "ofg"], "seeds": [0, 1], "last_k": 2,
                      "paired": {"equal_steps": p}})
-    assert "| Dice | 0.7200 ± 0.0200 | 0.7350 ± 0.0250 | +0.0150 ± 0.0050 |" in text
+    assert "| Dice | 0.7200 ± 0.0283 | 0.7350 ± 0.0354 | +0.0150 ± 0.0071 |" in text and "ddof 1" in text
 
 
 def test_score_averages_the_last_validations_up_to_an_epoch():
     history = [{"epoch": e, "val_dice": 0.1 * e, "fold_fraction": 0.0, "epe": 1.0} for e in range(1, 6)]
-    assert _score(history, 4, 2)["val_dice"] == pytest.approx(0.35)
-    assert _score(history[:1] + [{"epoch": 2, "loss": 1.0}], 2, 3)["val_dice"] == pytest.approx(0.1)
+    assert last_k_mean(history, 4, 2, METRICS)["val_dice"] == pytest.approx(0.35)
+    assert last_k_mean(history[:1] + [{"epoch": 2, "loss": 1.0}], 2, 3, METRICS)["val_dice"] == pytest.approx(0.1)
+    assert last_k_mean(history, 4, 2, METRICS)["sdlogj"] is None          # not logged
 
 
 def test_evaluate_a_checkpoint(tmp_path, monkeypatch):

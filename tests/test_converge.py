@@ -430,3 +430,23 @@ def test_where_ofg_stands_reads_each_status_off_its_interval():
     # each line says under which model, data, schedules and budget it holds (TrainConfig's defaults filled in)
     assert "voxelmorph-1, embedded `realistic` cohort at 96x112; network lr 0.0003 poly, inner lr 0.1 poly" in lines[0]
     assert "(3 seeds, seed means)" in lines[3] and "at 48x64x64" in lines[4]
+
+
+def test_the_one_paired_record_against_numpy_and_scipy():
+    """stats.paired is the record every sweep row uses: means, ddof-1 spreads, per-seed differences and the t
+    interval, checked against numpy and scipy directly."""
+    from scipy import stats as st
+
+    from ofg_lib.stats import paired, sd
+    mine, ref = [0.70, 0.74, 0.69, 0.75], [0.68, 0.70, 0.70, 0.71]
+    r = paired(mine, ref)
+    d = np.subtract(mine, ref)
+    assert r["mean"] == pytest.approx(np.mean(mine)) and r["reference"] == pytest.approx(np.mean(ref))
+    assert r["std"] == pytest.approx(np.std(mine, ddof=1)) and r["reference_std"] == pytest.approx(np.std(ref, ddof=1))
+    assert r["per_seed"] == pytest.approx(d.tolist()) and r["difference_std"] == pytest.approx(np.std(d, ddof=1))
+    lo, hi = st.t.interval(0.95, len(d) - 1, loc=d.mean(), scale=st.sem(d))
+    assert (r["low"], r["high"]) == (pytest.approx(lo), pytest.approx(hi))
+    assert (r["ahead"], r["behind"], r["n"]) == (3, 1, 4)
+    assert sd([0.5]) == 0.0 and paired([0.5], [0.4])["low"] is None
+    with pytest.raises(ValueError, match="same seeds"):
+        paired([0.1, 0.2], [0.1])
