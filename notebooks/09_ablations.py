@@ -9,8 +9,11 @@
 # minute and only check that everything runs. The `cpu` profile (`make reproduce`) runs every sweep in 2-D at
 # 64x80 with the published VoxelMorph-1, three seeds, on 2 CPU cores; its time is stated in the README.
 # `make reproduce PROFILE=ablations` runs the full sweeps at 96x112 (66 runs, about 1.5 h on 2 CPU cores,
-# measured; resumable; its tables are committed in `reports/ablations/ablations.md`). No GPU is
-# needed; with one, every run uses it (`device: auto`) and memory is torch's peak allocation.
+# measured; resumable; its tables are committed in `reports/ablations/ablations.md`): on that setting and budget
+# full OFG does not beat unsupervised training, so most of the paper's claims cannot be tested there.
+# `make reproduce PROFILE=ablations_realistic` reruns them where OFG does lead (the realistic cohort, constant lrs,
+# trained to a plateau, scored by each run's best checkpoint on the test split; `reports/ablations_realistic/`).
+# No GPU is needed; with one, every run uses it (`device: auto`) and memory is torch's peak allocation.
 # Code: `ofg_lib/sweep.py` (the runner), `ofg_lib/train.py` (`ofg_every`, `ofg_prob`, `warmup_strategy`,
 # `optimizer_design`), `ofg_lib/strategies.py`.
 
@@ -199,9 +202,12 @@ display(Markdown("**Ours** (" + setting + ", unsupervised runs)\n\n| model | con
 # %% [markdown]
 # ## 6. Tables 3 and 4: optimizer designs
 # The pseudo label can come from elsewhere than OFG's instance optimizer (`optimizer_design`): a **network-based
-# optimizer** (a copy of the network trained `network_passes` times per epoch over the training pairs with the
-# unsupervised loss; its predictions are the pseudo labels: the paper's "VoxelMorph-n") or a **downsampled
-# optimizer** (the field optimised at 1/k resolution). Optimize time is the optimizer's seconds per training step
+# optimizer**, the paper's "VoxelMorph-n": with `network_design = "optimizer-network"` a network of its own (its own
+# initialisation, weights and Adam, never copied from the main model) trained before each guided epoch for
+# `network_passes` passes over the whole training split on the optimizer's energy, as the paper describes; with
+# `"network"` (the earlier design, kept for comparison) a copy of the main model trained on the epoch's pairs,
+# whose labels lag by construction. Or a **downsampled optimizer**: the field optimised at 1/k resolution, its
+# energy evaluated at full resolution, or at 1/k too with `coarse_energy = True` (the paper's speed-up). Optimize time is the optimizer's seconds per training step
 # (for the network design: its training, spread over the epoch's steps). Memory is measured per design in a fresh
 # process (`measure_step`): on a CPU the peak resident set of a process never goes down, so designs run in one
 # process would all report the largest.
