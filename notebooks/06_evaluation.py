@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 import ofg_lib
+from ofg_lib import models
 from ofg_lib.data import from_config
 from ofg_lib.compare import load_runs
 from ofg_lib.evaluate import evaluate
@@ -101,7 +102,7 @@ plt.show()
 # %%
 item = {k: v[None].to(dev) for k, v in val[pair_index].items() if k != "id"}
 with torch.no_grad():
-    phis = {s: net(torch.cat([item["moving"], item["fixed"]], 1)).float() for s, (net, _) in nets.items()}
+    phis = {s: models.predict(net, item["moving"], item["fixed"]).float() for s, (net, _) in nets.items()}
 pair_panels(item["fixed"], item["moving"], phis)
 plt.tight_layout()
 plt.show()
@@ -114,7 +115,7 @@ cache = {}
 def view(method="ofg", pair=pair_index, index=val[0]["fixed"].shape[1] // 2):
     if (method, pair) not in cache:          # one registration per method and pair, then only drawing
         p = {k: v[None].to(dev) for k, v in val[pair].items() if k != "id"}
-        x = torch.cat([p["moving"], p["fixed"]], 1)
+        x = models.pair_input(p["moving"], p["fixed"])
         cache[method, pair] = p, (nets[method][0](x) if method in nets else Baseline(method, threads)(x)).float()
     p, phi = cache[method, pair]
     pair_panels(p["fixed"], p["moving"], {method: phi}, index=index)
@@ -198,7 +199,7 @@ dice_boxplot({k: r["dice_per_label"] for k, r in evals.items()}, val.label_names
 plt.tight_layout()
 plt.show()
 with torch.no_grad():
-    x = torch.cat([pair["moving"], pair["fixed"]], 1).to(dev)
+    x = models.pair_input(pair["moving"], pair["fixed"]).to(dev)
     shown = {s: net(x).float().cpu() for s, (net, _) in nets.items()}
 shown.update({k: r["first_disp"] for k, r in evals.items() if "first_disp" in r})
 method_columns(pair["fixed"], pair["moving"], shown)

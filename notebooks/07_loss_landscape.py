@@ -73,7 +73,7 @@ print(f"{cfg['model']} on {cfg['dataset']} {tuple(pairs[0]['fixed'].shape[2:])},
 
 # %%
 net, pair = nets["ofg"], pairs[0]
-phi_pred = net(torch.cat([pair["moving"], pair["fixed"]], 1))
+phi_pred = models.predict(net, pair["moving"], pair["fixed"])
 phi_opt = refine(phi_pred, pair["moving"], pair["fixed"], steps=config.inner_steps, lr=config.inner_lr,
                  reg_weight=config.inner_reg)
 by_hand = ofg_loss(phi_pred, phi_opt, config.ofg_reg)

@@ -78,7 +78,7 @@ def evaluate(model, dataset, n: int | None = None, device="cpu", time_repeats: i
     for i in progress_bar(range(n), disable=progress is None, desc=progress, leave=False):
         item = {k: v[None].to(dev) for k, v in dataset[i].items() if k != "id"}
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
-            phi = model(torch.cat([item["moving"], item["fixed"]], 1))
+            phi = models.predict(model, item["moving"], item["fixed"])
         phi = phi.float()
         if bool(torch.isfinite(phi).all()):
             warped_seg = warp(item["moving_seg"], phi, mode="nearest")
@@ -97,7 +97,7 @@ def evaluate(model, dataset, n: int | None = None, device="cpu", time_repeats: i
             epes.append(epe(phi, item["disp_true"], mask))
     ms = None
     if time_repeats:
-        x = torch.cat([item["moving"], item["fixed"]], 1)
+        x = models.pair_input(item["moving"], item["fixed"])
         ms = time_ms(lambda: model(x), dev, repeats=time_repeats)
     per_label = np.stack(per_label)
     scored = ~np.all(np.isnan(per_label), axis=1)

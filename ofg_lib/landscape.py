@@ -6,7 +6,7 @@ Li et al. ("Visualizing the loss landscape of neural nets") rescale each filter 
 norm of the same filter of the weights, so that networks of different scale are comparable; the loss functions
 below are evaluated on a fixed list of validation pairs, each a dict with `moving`, `fixed` (1, 1, D, H, W) and
 optionally `moving_seg`, `fixed_seg` (int64), on the model's device. Models are called as
-`model(torch.cat([moving, fixed], 1))` and return a displacement in voxels (see `ofg_lib.transform`).
+`models.predict(model, moving, fixed)` and return a displacement in voxels (see `ofg_lib.transform`).
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import torch
 
 import torch.nn.functional as F
 
+from . import models
 from .losses import grad_l2, ofg_loss, unsupervised_loss
 from .metrics import dice
 from .optimizer import refine
@@ -195,7 +196,7 @@ def _pair_mean(pairs, per_pair, differentiable):
 
 
 def _phi(model, pair):
-    return model(torch.cat([pair["moving"], pair["fixed"]], 1))
+    return models.predict(model, pair["moving"], pair["fixed"])
 
 
 def unsupervised_energy(pairs, reg_weight: float = 1.0, differentiable: bool = False):

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from . import device as resolve_device
-from . import synchronize
+from . import models, synchronize
 from .baselines import METHODS, Baseline
 from .evaluate import load_run
 from .io import read_pair, write_outputs
@@ -73,7 +73,7 @@ def _register(moving, fixed, out, run, method, moving_seg, fixed_seg, which, dev
     synchronize(device)
     start = time.perf_counter()
     with torch.no_grad():
-        disp = model(torch.cat([m, f], 1)).float()
+        disp = models.predict(model, m, f).float()
     synchronize(device)
     seconds = time.perf_counter() - start
     warped = warp(m, disp)

@@ -20,6 +20,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from . import models
 from .losses import grad_l2, lncc, ofg_loss, unsupervised_loss
 from .transform import warp
 
@@ -84,7 +85,7 @@ def mix(step: Step, phi):
 def self_training(step: Step, phi):
     """A frozen teacher's prediction as a fixed target: MSE + ofg_reg * reg."""
     with torch.no_grad():
-        target = step.teacher(torch.cat([step.moving, step.fixed], 1)).float()
+        target = models.predict(step.teacher, step.moving, step.fixed).float()
     return ofg_loss(phi, target, step.cfg.ofg_reg), {"mse": float(F.mse_loss(phi.detach(), target))}
 
 
@@ -96,7 +97,7 @@ def optimized_self_training(step: Step, phi):
         if key not in step.cache:               # computed once per pair, kept for the whole run
             moving, fixed = step.moving[b:b + 1], step.fixed[b:b + 1]
             with torch.no_grad():
-                start = step.teacher(torch.cat([moving, fixed], 1)).float()
+                start = models.predict(step.teacher, moving, fixed).float()
             step.cache[key] = step.refine(start, moving, fixed, step.cfg.teacher_steps, step.cfg.inner_lr)[0].cpu()
         targets.append(step.cache[key].to(phi.device))
     target = torch.cat(targets)

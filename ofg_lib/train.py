@@ -549,7 +549,7 @@ class Trainer:
         design = self.cfg.optimizer_design if self.current == "ofg" else "instance"
         if design in ("network", "optimizer-network"):
             with torch.no_grad():
-                target = self.pseudo_net(torch.cat([moving, fixed], 1)).float()
+                target = models.predict(self.pseudo_net, moving, fixed).float()
             synchronize(self.device)
             self.timer["inner"] += time.perf_counter() - t0
             return target.to(phi.dtype), {}
@@ -584,7 +584,7 @@ class Trainer:
                 batch = _collate([self.train_set[j] for j in order[i:i + bs]])
                 moving, fixed = batch["moving"].to(self.device), batch["fixed"].to(self.device)
                 opt.zero_grad(set_to_none=True)
-                phi = net(torch.cat([moving, fixed], 1))
+                phi = models.predict(net, moving, fixed)
                 unsupervised_loss(fixed, warp(moving, phi), phi, self.cfg.inner_reg).backward()
                 opt.step()
         net.eval()
@@ -604,7 +604,7 @@ class Trainer:
             for batch in self._loader(epoch):
                 moving, fixed = batch["moving"].to(self.device), batch["fixed"].to(self.device)
                 opt.zero_grad(set_to_none=True)
-                phi = helper(torch.cat([moving, fixed], 1))
+                phi = models.predict(helper, moving, fixed)
                 step = Step(moving, fixed, batch["id"], self.cfg, self.inner_lr, self._refine)
                 STRATEGIES["unsupervised"](step, phi)[0].backward()
                 opt.step()
@@ -640,7 +640,7 @@ class Trainer:
         self.current = name
         self.opt.zero_grad(set_to_none=True)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-            phi = self.net(torch.cat([moving, fixed], 1))
+            phi = models.predict(self.net, moving, fixed)
         bad = int((~torch.isfinite(phi.detach())).sum())
         if bad:      # before any strategy sees it: one message for every strategy
             raise FloatingPointError(f"training diverged at step {self.step + 1} ({name}, lr {lr:g}): the network "

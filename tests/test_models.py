@@ -175,3 +175,21 @@ def test_every_model_returns_a_contiguous_field_on_the_cpu(name):
     net = models.build(name, size).eval()
     with torch.no_grad():
         assert net(torch.rand(1, 2, *size)).is_contiguous()
+
+
+def test_predict_is_the_one_input_convention():
+    """models.predict(model, moving, fixed) feeds the pair moving-first along channels, as every caller did."""
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def forward(self, x):
+            seen.append(x)
+            return x[:, :1].repeat(1, 3, 1, 1, 1) * 2
+
+    moving, fixed = torch.rand(2, 1, 4, 5, 6), torch.rand(2, 1, 4, 5, 6)
+    out = models.predict(Probe(), moving, fixed)
+    assert torch.equal(seen[0], torch.cat([moving, fixed], 1)) and torch.equal(out, moving.repeat(1, 3, 1, 1, 1) * 2)
+    assert torch.equal(models.pair_input(moving, fixed)[:, 1:], fixed)
+    net = models.build("voxelmorph-1-tiny", (16, 16, 16))
+    m, f = torch.rand(1, 1, 16, 16, 16), torch.rand(1, 1, 16, 16, 16)
+    assert torch.equal(models.predict(net, m, f), net(torch.cat([m, f], 1)))

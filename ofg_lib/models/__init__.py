@@ -5,19 +5,31 @@ Every model maps the stacked pair `torch.cat([moving, fixed], 1)`, shape (B, 2, 
 trainer is the same for every model.
 
     model = ofg_lib.models.build("voxelmorph-1", img_size=(160, 192, 224))
+    disp = ofg_lib.models.predict(model, moving, fixed)        # the input convention, in one place
     ofg_lib.models.register("my-net", lambda img_size, **kw: MyNet(img_size, **kw))
 """
 from __future__ import annotations
 
 from typing import Callable
 
+import torch
 import torch.nn as nn
 
-__all__ = ["build", "names", "register", "count_parameters", "check_size"]
+__all__ = ["build", "names", "register", "count_parameters", "check_size", "predict", "pair_input"]
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 _DIVISOR: dict[str, int] = {}
 _DIMS: dict[str, tuple] = {}
+
+
+def pair_input(moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
+    """What every model takes: the pair stacked along channels, moving first, (B, 2, *spatial)."""
+    return torch.cat([moving, fixed], 1)
+
+
+def predict(model: nn.Module, moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
+    """The displacement (B, nsp, *spatial), voxels, that `model` predicts for warping `moving` onto `fixed`."""
+    return model(pair_input(moving, fixed))
 
 
 def register(name: str, builder: Callable[..., nn.Module], divisor: int = 1, overwrite: bool = False,
