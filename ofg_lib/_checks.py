@@ -17,6 +17,16 @@ def volume(name: str, x, ndim_spatial=(2, 3)) -> int:
     return nsp
 
 
+def one_of(name: str, value, options):
+    """Return `value` if it is one of `options`; else a ValueError naming the argument, the options and the value
+    (the project's one "must be one of" check, as MONAI's `look_up_option`)."""
+    options = tuple(options)
+    if value not in options:
+        shown = ", ".join("null" if o is None else str(o) for o in options)
+        raise ValueError(f"{name} must be one of {shown}, got {value!r}")
+    return value
+
+
 def same_shape(name_a: str, a: torch.Tensor, name_b: str, b: torch.Tensor) -> None:
     if a.shape != b.shape:
         raise ValueError(f"{name_a} has shape {tuple(a.shape)} but {name_b} has {tuple(b.shape)}")

@@ -60,8 +60,7 @@ QUICK = {"syn": {"reg_iterations": (40, 20, 10)},
 
 def available(method: str) -> str | None:
     """None when `method` can run here, else the reason it cannot (e.g. "not installed: ...")."""
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    _checks.one_of("method", method, METHODS)
     if method == "syn":
         try:
             import ants  # noqa: F401

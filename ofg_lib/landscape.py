@@ -15,7 +15,7 @@ import torch
 
 import torch.nn.functional as F
 
-from . import models
+from . import _checks, models
 from .losses import grad_l2, ofg_loss, unsupervised_loss
 from .metrics import dice
 from .optimizer import refine
@@ -43,8 +43,7 @@ def random_directions(model: torch.nn.Module, n: int = 2, seed: int = 0, normali
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be an integer >= 1 (the number of directions), got {n!r}")
-    if normalize not in NORMALIZE:
-        raise ValueError(f"normalize must be one of {NORMALIZE}, got {normalize!r}")
+    _checks.one_of("normalize", normalize, NORMALIZE)
     gen = torch.Generator().manual_seed(int(seed))
     directions = []
     for _ in range(n):

@@ -22,8 +22,7 @@ def dice(seg_a: torch.Tensor, seg_b: torch.Tensor, labels, absent: str = "skip")
     "zero": 0, as the published IXI and OASIS evaluation (`dice_val_VOI`, 1e-5 added to the denominator);
     "one": 1, as the published LPBA40 evaluation. Table 1's averaging is reproduced with the published choice.
     """
-    if absent not in ABSENT:
-        raise ValueError(f"absent must be one of {', '.join(ABSENT)}, got {absent!r}")
+    _checks.one_of("absent", absent, ABSENT)
     if seg_a.shape != seg_b.shape:
         raise ValueError(f"seg_a has shape {tuple(seg_a.shape)} but seg_b has {tuple(seg_b.shape)}")
     if seg_a.is_floating_point() or seg_b.is_floating_point():

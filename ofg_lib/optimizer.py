@@ -35,14 +35,12 @@ class Refined:
 
 
 def _make_optimizer(name: str, params, lr: float):
-    if name == "adam":
+    if _checks.one_of("optimizer", name, OPTIMIZERS) == "adam":
         try:  # one fused kernel per step where torch has it (CPU and CUDA float types)
             return torch.optim.Adam(params, lr=lr, amsgrad=True, fused=True)
         except (RuntimeError, ValueError):
             return torch.optim.Adam(params, lr=lr, amsgrad=True)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr)
-    raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
+    return torch.optim.SGD(params, lr=lr)
 
 
 def _check_inputs(disp, moving, fixed, steps, lr, reg_weight, window, downsample=1):

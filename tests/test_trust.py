@@ -380,3 +380,17 @@ def test_the_three_dice_conventions_for_absent_labels():
     assert float(np.nanmean(skip)) == pytest.approx(2 / 3) and float(zero.mean()) == pytest.approx(4 / 9)
     with pytest.raises(ValueError, match="absent must be one of skip, zero, one"):
         dice(a, b, labels, absent="nan")
+
+
+def test_one_of_is_the_one_choice_check():
+    from ofg_lib._checks import one_of
+    assert one_of("mode", "a", ("a", "b")) == "a"
+    with pytest.raises(ValueError, match=r"^mode must be one of a, b, null, got 'c'$"):
+        one_of("mode", "c", ("a", "b", None))
+    # the library's choices go through it: same message shape everywhere
+    from ofg_lib.data import from_config
+    from ofg_lib.optimizer import _make_optimizer
+    with pytest.raises(ValueError, match=r"^dataset must be one of embedded, ixi, oasis, lpba40, got 'mnist'$"):
+        from_config({"dataset": "mnist", "img_size": [32, 32]}, "val")
+    with pytest.raises(ValueError, match=r"^optimizer must be one of adam, sgd, got 'lbfgs'$"):
+        _make_optimizer("lbfgs", [torch.zeros(1, requires_grad=True)], 0.1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from .. import _checks
 from .augment import AUGMENTS, flip_pair
 from .embedded import PAIRS, Embedded
 from .real import IXI, LPBA40, OASIS, ofg_sample
@@ -27,7 +28,7 @@ def from_config(cfg, split: str):
     the same pairs a run was validated on.
     """
     c = cfg if isinstance(cfg, dict) else dataclasses.asdict(cfg)
-    name = c.get("dataset", "embedded")
+    name = _checks.one_of("dataset", c.get("dataset", "embedded"), DATASETS)
     subset = c.get("subset")
     if name == "embedded":
         return Embedded(split, c["img_size"], seed=c.get("data_seed", 0), rms=c.get("embedded_rms"),
@@ -38,6 +39,4 @@ def from_config(cfg, split: str):
         return IXI(c.get("data_root"), split, subset if split in IXI.OFG_SUBSET else None)
     if name == "oasis":
         return OASIS(c.get("data_root"), split, seed=c.get("seed", 0), subset=subset if split == "train" else None)
-    if name == "lpba40":
-        return LPBA40(c.get("data_root"), split, normalize=c.get("lpba40_normalize", True))
-    raise ValueError(f"dataset must be one of {', '.join(DATASETS)}, got {name!r}")
+    return LPBA40(c.get("data_root"), split, normalize=c.get("lpba40_normalize", True))

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from .. import _checks
 from ..paths import atomic_save, atomic_write, data_dir, remove_partials
 from ..transform import compose, warp
 from .synthetic import intensity_change, random_deformation, subject_generator, tissue_contrast
@@ -74,15 +75,13 @@ class Embedded(Dataset):
                  rms: float | None = None, root: str | Path | None = None, cache: bool = True,
                  pairs: str = "atlas", contrast: float = 0.0, rms_jitter: float = 0.0, fine_rms: float = 0.0,
                  supersample: int = 1):
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+        _checks.one_of("split", split, SPLITS)
         size = tuple(int(s) for s in size)
         if len(size) not in (2, 3) or min(size) < 16:
             raise ValueError(f"size must be three sides (or two, for the 2-D track) of at least 16 voxels, got {size}")
         if n is not None and not 0 < n <= SPLITS[split]:
             raise ValueError(f"n must be between 1 and {SPLITS[split]} for split {split!r}, got {n}")
-        if pairs not in PAIRS:
-            raise ValueError(f"pairs must be one of {', '.join(PAIRS)}, got {pairs!r}")
+        _checks.one_of("pairs", pairs, PAIRS)
         for name, v, hi in (("contrast", contrast, None), ("rms_jitter", rms_jitter, 1.0), ("fine_rms", fine_rms, None)):
             if not (float(v) >= 0 and (hi is None or float(v) < hi)):
                 raise ValueError(f"{name} must be a number >= 0{f' and < {hi}' if hi else ''}, got {v!r}")

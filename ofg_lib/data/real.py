@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Dataset
 
+from .. import _checks
 from . import labels as L
 from .readers import image_tensor, label_tensor, load_nifti, load_pkl, need_dir, remap
 
@@ -32,8 +33,7 @@ def ofg_sample(items: list, k: int) -> list:
 
 
 def _check_split(split, allowed):
-    if split not in allowed:
-        raise ValueError(f"split must be one of {', '.join(allowed)}, got {split!r}")
+    _checks.one_of("split", split, allowed)
 
 
 class IXI(Dataset):
