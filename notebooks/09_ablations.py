@@ -254,7 +254,10 @@ assert all(np.isfinite(r["mean"]) for r in verdicts["rows"])
 # - Each ablation of the paper is a config key (`ofg_every`, `ofg_prob`, `strategy: mix` with `alpha`,
 #   `warmup_strategy`, `optimizer_design`), and each figure or table a sweep against full OFG, paired by seed.
 # - Notebook 08 explains why short CPU runs on easy data favour unsupervised training; read these sweeps with
-#   that in mind: they test the direction of each claim at our budget, not the paper's numbers.
+#   that in mind: they test the direction of each claim at our budget, not the paper's numbers. Where full OFG
+#   does not beat unsupervised training (section 7's premise), the claims marked * cannot be tested at all; the
+#   profile `ablations_realistic` reruns the sweeps on the setting, schedule and budget where it does
+#   (`reports/ablations_realistic/`, README "Redone where the premise holds").
 #
 # ### Exercises
 # 1. *Predict, then run.* Add `0.0` to `ofg_prob`. What must that point's Dice equal, and why? Hint: the
