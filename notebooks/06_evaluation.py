@@ -45,8 +45,8 @@ from ofg_lib.viz import dice_boxplot, interactive, method_columns, pair_panels
 dev = ofg_lib.device(device)
 if threads:
     torch.set_num_threads(threads)
-# no runs of notebook 05 yet (06 opened first)? `make=True` runs notebook 05 with its defaults to make them (about
-# a minute on a laptop CPU at the defaults; the time is printed)
+# no runs of notebook 05 yet (06 opened first)? `make=True` runs notebook 05 with its defaults to make them, with
+# a progress bar (as long as notebook 05 itself takes: see its Cost line; the time is printed)
 nets = {s: run[:2] for s, run in load_runs(resolve(run_dir), seed, device=dev, make=True).items()}  # (model, config)
 cfg = nets["ofg"][1]
 val = from_config(cfg, "val")  # the pairs the run was validated on, built from its stored config

@@ -51,8 +51,8 @@ from ofg_lib.paths import resolve
 from ofg_lib.viz import plot_landscape, plot_slices_1d, plot_step_map
 
 dev = ofg_lib.device(device)
-# no runs of notebook 05 yet (07 opened first)? `make=True` runs notebook 05 with its defaults to make them (about
-# a minute on a laptop CPU at the defaults; the time is printed)
+# no runs of notebook 05 yet (07 opened first)? `make=True` runs notebook 05 with its defaults to make them, with
+# a progress bar (as long as notebook 05 itself takes: see its Cost line; the time is printed)
 runs = load_runs(resolve(run_dir), seed, device=dev, make=True)  # {strategy: (model, config, history)}
 nets = {s: run[0] for s, run in runs.items()}
 cfg = runs["ofg"][1]
