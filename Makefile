@@ -38,8 +38,9 @@ reproduce: setup
 html: setup
 	$(BIN)/python scripts/notebooks.py html --profile $(PROFILE)
 
-# Pairs each .py with an .ipynb that names its kernel (no "Select Kernel" dialog), makes double-clicking a .py open
-# it as a notebook (JupyterLab settings overrides in the venv), and passes --allow-root when run as root.
+# Pairs each .py with an .ipynb that names its kernel; installs JupyterLab settings overrides in the venv
+# (double-clicking a .py opens it as a notebook; autoStartDefaultKernel: no "Select Kernel" dialog, which
+# JupyterLab 4.6 shows even for a notebook that names its kernel); passes --allow-root when run as root.
 LAB_SETTINGS := $(VENV)/share/jupyter/lab/settings
 lab: sync
 	mkdir -p $(LAB_SETTINGS)

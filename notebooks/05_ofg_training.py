@@ -85,7 +85,7 @@ cfg, dev = train.load_config(base), ofg_lib.device(device)
 ofg_lib.seed_all(seeds[0])
 pair = {k: v[None].to(dev) for k, v in from_config(cfg, "train")[0].items() if k != "id"}
 net = models.build(model, tuple(pair["fixed"].shape[2:])).to(dev)
-phi_pred = models.predict(net, pair["moving"], pair["fixed"])  # net(torch.cat([moving, fixed], 1))
+phi_pred = models.predict(net, pair["moving"], pair["fixed"])  # the model sees the pair stacked, moving first
 step = strategies.Step(pair["moving"], pair["fixed"], ["pair 0"], cfg, inner_lr,
                        lambda phi, m, f, n, lr: (refine(phi, m, f, steps=n, lr=lr, reg_weight=cfg.inner_reg), {}))
 for name in ("ofg", "unsupervised"):

@@ -105,11 +105,11 @@ display(table(core))
 # the teacher: the first seed's unsupervised run (its best-validation checkpoint when runs are scored that way)
 teacher = str(out / "strategy=unsupervised" / f"seed{seeds[0]}" / ("best.pt" if test_pairs else "checkpoint.pt"))
 if teacher_epochs and teacher_epochs != epochs:
-    # a better-trained teacher: the paper's upper-bound argument needs one above OFG, not one at OFG's budget;
-    # its best-validation checkpoint (a constant lr can make the last one worse)
+    # a better-trained teacher: the paper's upper-bound argument needs one above OFG, not one at OFG's budget
+    # (its best-validation checkpoint when runs are scored that way: a constant lr can make the last one worse)
     folder = out / f"teacher-{teacher_epochs}ep"
     train_history({**base, "strategy": "unsupervised", "seed": seeds[0], "epochs": teacher_epochs}, folder)
-    teacher = str(folder / "best.pt")
+    teacher = str(folder / ("best.pt" if test_pairs else "checkpoint.pt"))
 if test_pairs:
     teacher_dice = score_run(Path(teacher).parent, "test", test_pairs, Path(teacher).stem.replace("checkpoint", "last"))["dice"]
 else:

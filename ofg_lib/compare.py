@@ -98,12 +98,15 @@ def step_seconds(histories) -> float:
 def load_runs(run_dir, seed: int = 0, strategies=("unsupervised", "ofg"), device="cpu", make: bool = False) -> dict:
     """{strategy: (model, config, history)} of one seed's runs of a comparison made by `compare` in `run_dir`.
 
-    `make=True` (notebooks 06 and 07): when the runs are missing, make them first by running notebook 05 with its
-    own defaults, this `run_dir` and this seed (`run_notebook_05`), so a student who opens 06 or 07 first gets in.
+    `make=True` (notebooks 06 and 07): when the runs are missing and `run_dir` is notebook 05's own default
+    (NOTEBOOK_05_RUN_DIR), make them first by running notebook 05 at its defaults with this seed
+    (`run_notebook_05`), so a student who opens 06 or 07 first gets in. Another `run_dir` (a profile's folder,
+    whose runs have that profile's sizes) is never filled with default-sized runs: the error says to run 05.
     """
+    from .paths import resolve
     folders = {s: Path(run_dir) / "compare" / f"{s}-seed{seed}" for s in strategies}
     missing = [str(f) for f in folders.values() if not (f / "checkpoint.pt").exists()]
-    if missing and make:
+    if missing and make and Path(run_dir).resolve() == resolve(NOTEBOOK_05_RUN_DIR).resolve():
         run_notebook_05(run_dir, seed)
         missing = [str(f) for f in folders.values() if not (f / "checkpoint.pt").exists()]
     if missing:
@@ -112,10 +115,15 @@ def load_runs(run_dir, seed: int = 0, strategies=("unsupervised", "ofg"), device
     return {s: load_run(f, device) for s, f in folders.items()}
 
 
-def run_notebook_05(run_dir, seed: int = 0, log=print) -> Path:
-    """Execute notebook 05 (its defaults, with `run_dir` and `seeds=[seed]`) through papermill, with a progress bar;
-    the executed copy is `run_dir/05_ofg_training.ipynb`. Returns its path. It takes as long as notebook 05 at its
-    defaults (its header states the cost); the time is printed."""
+# notebook 05's default `run_dir` (its parameters cell; a test checks they agree): the one folder that
+# `load_runs(make=True)` fills with runs made at notebook 05's defaults
+NOTEBOOK_05_RUN_DIR = "results/ci/05_training"
+
+
+def run_notebook_05(run_dir, seed: int = 0, log=print, parameters: dict | None = None) -> Path:
+    """Execute notebook 05 (its defaults, with `run_dir`, `seeds=[seed]` and any other `parameters`) through
+    papermill, with a progress bar; the executed copy is `run_dir/05_ofg_training.ipynb`. Returns its path. It takes
+    as long as notebook 05 at its defaults (its header states the cost); the time is printed."""
     import os
     import tempfile
     import time
@@ -141,7 +149,8 @@ def run_notebook_05(run_dir, seed: int = 0, log=print) -> Path:
         env = os.environ.get("OFG_STATIC")
         os.environ["OFG_STATIC"] = "1"          # the child kernel draws static figures (no frontend shows it)
         try:
-            pm.execute_notebook(str(nb), str(out), parameters={"run_dir": str(run_dir), "seeds": [seed]},
+            pm.execute_notebook(str(nb), str(out), parameters={**(parameters or {}), "run_dir": str(run_dir),
+                                                               "seeds": [seed]},
                                 kernel_name="python3", cwd=str(REPO), progress_bar=True, log_output=False)
         finally:
             if env is None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import models
+from . import _checks, models
 from .losses import grad_l2, lncc
 from .metrics import dice, epe, fold_fraction, sdlogj, time_ms
 from .paths import load_checkpoint
@@ -43,9 +43,7 @@ def load_run(run_dir, device="cpu", which: str = "last"):
     The config is the run's stored config (a dict of TrainConfig keys); build its data with
     `ofg_lib.data.from_config(config, split)`. The history is the per-epoch log (a list of dicts).
     """
-    names = {"last": "checkpoint.pt", "best": "best.pt"}
-    if which not in names:
-        raise ValueError(f"which must be 'last' or 'best', got {which!r}")
+    _checks.one_of("which", which, CHECKPOINTS)
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"{run_dir}: no such run folder (train a run first, notebook 05)")
@@ -53,7 +51,7 @@ def load_run(run_dir, device="cpu", which: str = "last"):
         best = load_checkpoint(run_dir / "best.pt", "best checkpoint")   # a folder with best.pt only (copied out)
         return (*_model_of(best, device), best["history"])
     last = load_checkpoint(run_dir / "checkpoint.pt")          # read once: the history lives only here
-    model, cfg = _model_of(last if which == "last" else load_checkpoint(run_dir / names[which]), device)
+    model, cfg = _model_of(last if which == "last" else load_checkpoint(run_dir / CHECKPOINTS[which]), device)
     return model, cfg, last["history"]
 
 
@@ -111,6 +109,7 @@ def evaluate(model, dataset, n: int | None = None, device="cpu", time_repeats: i
             "labels": list(dataset.labels), "label_names": list(dataset.label_names)}
 
 
+CHECKPOINTS = {"last": "checkpoint.pt", "best": "best.pt"}   # a run folder's checkpoints, by name
 SCORED = ("dice", "dice_std", "fold_fraction", "fold_fraction_brain", "sdlogj", "epe")
 
 
@@ -127,10 +126,8 @@ def score_run(run_dir, split: str = "test", n: int | None = None, which: str = "
     from .data import from_config
     from .paths import write_json
     run_dir = Path(run_dir)
-    names = {"last": "checkpoint.pt", "best": "best.pt"}
-    if which not in names:
-        raise ValueError(f"which must be 'last' or 'best', got {which!r}")
-    state = load_checkpoint(run_dir / names[which], f"{which} checkpoint")
+    _checks.one_of("which", which, CHECKPOINTS)
+    state = load_checkpoint(run_dir / CHECKPOINTS[which], f"{which} checkpoint")
     cache = run_dir / f"score-{which}-{split}-{n if n is not None else 'all'}.json"
     # the checkpoint's identity: its step and epoch, and the config it was trained with (a folder retrained with
     # --overwrite under another config of the same length is scored again)

@@ -140,8 +140,7 @@ def sharpness(model: torch.nn.Module, loss_fn_with_grad, iters: int = 20, seed: 
     differentiable (the quadratic in the tests); on LNCC it silently drops terms. Parameters and buffers are
     restored bit for bit afterwards.
     """
-    if method not in ("fd", "autograd"):
-        raise ValueError(f"method must be 'fd' or 'autograd', got {method!r}")
+    _checks.one_of("method", method, ("fd", "autograd"))
     if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1 or not eps > 0:
         raise ValueError(f"iters must be an integer >= 1 and eps > 0, got iters={iters!r}, eps={eps!r}")
     params = [p for p in model.parameters() if p.requires_grad]

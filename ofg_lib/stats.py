@@ -45,13 +45,14 @@ def interval(diffs, level: float = 0.95) -> dict:
 
 
 def sd(values) -> float:
-    """Sample standard deviation (ddof 1) over seeds; 0 for a single value. Every spread in the project's tables."""
+    """Sample standard deviation (ddof 1) over seeds; 0 for a single value. The spreads of the project's tables."""
     values = np.asarray(values, dtype=float)
     return float(values.std(ddof=1)) if values.size > 1 else 0.0
 
 
 def paired(mine, reference) -> dict:
-    """The one paired-difference record of the project's tables (sweeps, comparisons): per-seed values of a run
+    """The paired-difference record of a sweep row (`ofg_lib.sweep`; compare's and converge's tables still keep
+    their own layouts of the same numbers, issue 19 item 8): per-seed values of a run
     and of its reference, same seeds in the same order. Keys: `mean`, `std` of `mine`; `reference`,
     `reference_std`; `difference`, `difference_std` and `per_seed` (mine - reference); and `interval`'s
     `low`, `high`, `ahead`, `behind`, `n`, `significant`. Spreads are ddof 1."""
@@ -59,7 +60,11 @@ def paired(mine, reference) -> dict:
     if mine.shape != reference.shape:
         raise ValueError(f"paired values need the same seeds: {mine.size} against {reference.size}")
     diff = mine - reference
-    iv = interval(diff)
+    if np.all(np.isfinite(diff)):
+        iv = interval(diff)
+    else:   # a diverged run's NaN score stays in the table (its mean is NaN); no interval is claimed for it
+        iv = {"low": None, "high": None, "ahead": int((diff > 0).sum()), "behind": int((diff < 0).sum()),
+              "n": int(diff.size), "significant": None}
     return {"mean": float(mine.mean()), "std": sd(mine), "reference": float(reference.mean()),
             "reference_std": sd(reference), "difference": float(diff.mean()), "difference_std": sd(diff),
             "per_seed": diff.tolist(), **{k: iv[k] for k in ("low", "high", "ahead", "behind", "n", "significant")}}

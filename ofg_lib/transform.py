@@ -55,8 +55,7 @@ def warp(image: torch.Tensor, disp: torch.Tensor, mode: str = "bilinear") -> tor
         raise ValueError(f"image has shape {tuple(image.shape)} but disp has {tuple(disp.shape)}: "
                          "both must be (B, C, D, H, W) (or both (B, C, H, W))")
     _checks.disp_for("image", image, disp)
-    if mode not in ("bilinear", "nearest"):
-        raise ValueError(f"mode must be 'bilinear' or 'nearest', got {mode!r}")
+    _checks.one_of("mode", mode, ("bilinear", "nearest"))
     labels = not image.is_floating_point()
     if labels and mode != "nearest":
         raise ValueError(f"an integer image (dtype {image.dtype}) is a label map: warp it with mode='nearest'")

@@ -59,7 +59,8 @@ def run_rows(runs: Path) -> list[dict]:
 def runs_markdown(rows) -> str:
     lines = ["| run | steps trained | best-validation step | best val Dice | plateau rule stopped it | training s |",
              "|---|---|---|---|---|---|"]
-    lines += [f"| {r['run']} | {r['steps']} | {r['best_step']} | {r['best_val_dice']:.4f} | "
+    fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+    lines += [f"| {r['run']} | {r['steps']} | {r['best_step']} | {fmt(r['best_val_dice'])} | "
               f"{'yes' if r['stopped_early'] else 'no'} | {r['train_s']:.0f} |" for r in rows]
     total = sum(r["train_s"] for r in rows)
     lines += ["", f"{len(rows)} runs; training time from the logs (network + optimizer + data, validation "

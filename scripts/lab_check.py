@@ -77,7 +77,7 @@ def start_lab(folder: Path, port: int, token: str, log) -> subprocess.Popen:
 
 
 def stop(proc: subprocess.Popen) -> None:
-    """Stop the server and the kernels it started (its process group)."""
+    """Stop the server (SIGTERM: it shuts its kernels down, as on Ctrl-C), or kill its process group after 20 s."""
     if proc.poll() is None:
         os.killpg(proc.pid, 15)
         try:
@@ -111,12 +111,20 @@ def check_notebook(page, base: str, token: str, name: str, log=print) -> dict:
     page.goto(f"{base}/lab/tree/{name}.ipynb?reset&token={token}")
     panel = page.locator(PANEL)
     panel.wait_for(timeout=90_000)
-    # a kernel is up and idle (the toolbar's execution indicator)
-    page.locator(f"{PANEL} .jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for(timeout=120_000)
-    page.wait_for_timeout(1000)
+    # a kernel is up and idle (the toolbar's execution indicator), and no dialog asked anything on the way
+    idle = page.locator(f"{PANEL} .jp-Notebook-ExecutionIndicator[data-status='idle']")
     dialog = page.locator(".jp-Dialog")
-    if dialog.count() and dialog.first.is_visible():
-        raise AssertionError(f"{name}: a dialog opened with the notebook: {dialog.first.inner_text()[:200]!r}")
+    deadline, settled = time.time() + 120, None
+    while True:
+        if dialog.count() and dialog.first.is_visible():
+            raise AssertionError(f"{name}: a dialog opened with the notebook: {dialog.first.inner_text()[:200]!r}")
+        if idle.count():
+            settled = settled or time.time()
+            if time.time() - settled > 1.0:       # idle, and still no dialog a second later
+                break
+        elif time.time() > deadline:
+            raise AssertionError(f"{name}: no idle kernel within 120 s of opening")
+        time.sleep(0.25)
     cells = panel.locator(".jp-CodeCell")
     n = cells.count()
 
@@ -132,8 +140,11 @@ def check_notebook(page, base: str, token: str, name: str, log=print) -> dict:
             time.sleep(0.25)
         if ran()[0]:
             break
+    errors = panel.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
     deadline = time.time() + RUN_S
     while True:
+        if errors.count():       # a failing cell stops Run All: report it now, not after RUN_S
+            raise AssertionError(f"{name}: a cell wrote an error or stderr:\n{errors.first.inner_text()[:2000]}")
         prompts = ran()[1]
         done = sum(bool(re.fullmatch(r"\[\d+\]:", p)) for p in prompts)
         if done == n:

@@ -68,8 +68,13 @@ def test_load_runs_makes_missing_runs_by_running_notebook_05_only_when_asked(tmp
 
     monkeypatch.setenv("OFG_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setattr(compare, "run_notebook_05", fake_05)
+    monkeypatch.setattr(compare, "NOTEBOOK_05_RUN_DIR", str(tmp_path / "r"))     # notebook 05's default folder
     with pytest.raises(FileNotFoundError, match="run notebook 05 with the same run_dir first"):
         compare.load_runs(tmp_path / "r", 1)
+    assert calls == []
+    # a folder that is not notebook 05's default (a profile's) is never filled with default-sized runs
+    with pytest.raises(FileNotFoundError, match="run notebook 05 with the same run_dir first"):
+        compare.load_runs(tmp_path / "profile", 1, make=True)
     assert calls == []
     runs = compare.load_runs(tmp_path / "r", 1, make=True)
     assert calls == [(tmp_path / "r", 1)] and set(runs) == {"unsupervised", "ofg"}
@@ -78,4 +83,33 @@ def test_load_runs_makes_missing_runs_by_running_notebook_05_only_when_asked(tmp
     assert len(calls) == 1
     monkeypatch.setattr(compare, "run_notebook_05", lambda run_dir, seed: None)   # ran, but made nothing
     with pytest.raises(FileNotFoundError, match="no trained runs"):
-        compare.load_runs(tmp_path / "other", 0, make=True)
+        compare.load_runs(tmp_path / "r", 0, make=True)
+
+
+def test_notebook_05_default_run_dir_is_the_one_load_runs_fills():
+    import ast
+    from pathlib import Path
+
+    import jupytext
+
+    from ofg_lib.compare import NOTEBOOK_05_RUN_DIR
+    nb = jupytext.read(Path(__file__).resolve().parents[1] / "notebooks" / "05_ofg_training.py")
+    cell = next(c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", []))
+    values = {n.targets[0].id: ast.literal_eval(n.value) for n in ast.parse(cell.source).body
+              if isinstance(n, ast.Assign)}
+    assert values["run_dir"] == NOTEBOOK_05_RUN_DIR
+
+
+def test_run_notebook_05_executes_notebook_05_through_papermill(tmp_path, monkeypatch):
+    """The real path of 06/07's way in, at a tiny size: notebook 05 runs in a fresh kernel with run_dir and seed
+    injected, leaves its executed copy and both strategies' runs, and OFG_STATIC is restored afterwards."""
+    from ofg_lib import compare
+    monkeypatch.setenv("OFG_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("OFG_STATIC", raising=False)
+    out = compare.run_notebook_05(tmp_path / "r", 1, log=lambda *a: None,
+                                  parameters={"img_size": [32, 32, 32], "epochs": 1, "steps_per_epoch": 1,
+                                              "val_pairs": 1, "last_k": 1, "inner_steps": 2})
+    assert out == tmp_path / "r" / "05_ofg_training.ipynb" and out.exists()
+    runs = compare.load_runs(tmp_path / "r", 1)
+    assert runs["ofg"][1]["seed"] == 1 and runs["ofg"][1]["img_size"] == [32, 32, 32]
+    assert "OFG_STATIC" not in __import__("os").environ
