@@ -60,7 +60,7 @@ from ofg_lib import study, viz
 from ofg_lib.compare import train_history
 from ofg_lib.evaluate import score_run
 from ofg_lib.paths import load_checkpoint, resolve
-from ofg_lib.sweep import measure_step, run_curves, sweep
+from ofg_lib.sweep import measure_step, run_curves, sweep, table_markdown
 
 out = resolve(run_dir) / "runs"
 base = {"model": model, "img_size": img_size, "lr": lr, "epochs": epochs, "steps_per_epoch": steps_per_epoch,
@@ -71,27 +71,15 @@ run = dict(seeds=seeds, out=out, last_k=last_k, log=lambda *a: None,   # every s
            test_pairs=test_pairs)
 # The score every table and verdict uses: the best-validation checkpoint on the test split when `test_pairs` is
 # set (selection and reporting kept apart, as the paper does), else the mean of the last `last_k` validations.
-prefix = "test_" if test_pairs else ""
 DICE = "test_dice" if test_pairs else "val_dice"
 print(json.dumps(base))
 print("score:", f"best-validation checkpoint on {test_pairs} test pairs" if test_pairs
       else f"mean of the last {last_k} validation(s) on {val_pairs} pairs")
 
 
-def table(result, columns=(DICE, prefix + "epe", prefix + "fold_fraction_brain")):
-    """A sweep's rows as Markdown: each metric's mean ± std (ddof 1) and its paired difference to full OFG."""
-    names = {"val_dice": "Dice", "epe": "EPE", "fold_fraction_brain": "folds % brain", "val_unsup_loss": "unsup. loss",
-             "test_dice": "test Dice", "test_epe": "test EPE", "test_fold_fraction_brain": "test folds % brain"}
-    head = "| point | " + " | ".join(f"{names[c]} | vs OFG" for c in columns) + " | s/step opt. | guided |"
-    lines = [head, "|---" * (2 * len(columns) + 3) + "|"]
-    for r in result["rows"]:
-        cells = []
-        for c in columns:
-            k = 100 if "fold" in c else 1
-            v = r[c]
-            cells += [f"{k * v['mean']:.4f} ± {k * v['std']:.4f}", f"{k * v['difference']:+.4f} ± {k * v['difference_std']:.4f}"]
-        lines.append(f"| {r['point']} | " + " | ".join(cells) + f" | {r['sec_per_step_inner']:.4f} | {r['guided_share']:.2f} |")
-    return Markdown("\n".join(lines))
+def table(result):
+    """A sweep's rows as Markdown (`ofg_lib.sweep.table_markdown`): mean ± std (ddof 1), difference to full OFG."""
+    return Markdown(table_markdown(result))
 
 
 # %% [markdown]

@@ -27,7 +27,7 @@ from .stats import last_k_mean, paired
 from .paths import atomic_write, load_checkpoint, write_json
 
 __all__ = ["points", "folder_name", "sweep", "run_curves", "measure_step", "SWEEP_METRICS", "TEST_METRICS", "CLAIMS",
-           "verdict_metric", "ablation_verdicts", "verdicts_markdown"]
+           "verdict_metric", "ablation_verdicts", "verdicts_markdown", "table_markdown"]
 
 SWEEP_METRICS = ("val_dice", "epe", "fold_fraction", "fold_fraction_brain", "sdlogj", "val_unsup_loss")
 # Costs per point. Not memory: on a CPU `peak_memory_mb` is the whole process's peak, so in a sweep it depends on
@@ -118,6 +118,33 @@ def sweep(base: dict, grid, seeds=(0, 1, 2), out="results/sweep", reference: dic
     write_json(out / f"{name}.json", result)
     atomic_write(out / f"{name}.csv", _csv(rows))
     return result
+
+
+NAMES = {"val_dice": "Dice", "epe": "EPE", "fold_fraction_brain": "folds % brain", "val_unsup_loss": "unsup. loss",
+         "test_dice": "test Dice", "test_epe": "test EPE", "test_fold_fraction_brain": "test folds % brain"}
+
+
+def table_markdown(result: dict, columns=None) -> str:
+    """A sweep's rows as Markdown: each metric's mean ± std (ddof 1) over seeds and its paired difference to the
+    reference (full OFG in notebook 09), the optimizer's seconds per step and the guided share. Default columns:
+    Dice, EPE and folds of the test split's best checkpoints when the sweep scored them (`test_pairs`), else of the
+    last validations. Folds are shown in percent."""
+    if columns is None:
+        columns = (("test_dice", "test_epe", "test_fold_fraction_brain") if result.get("test_pairs")
+                   else ("val_dice", "epe", "fold_fraction_brain"))
+    head = "| point | " + " | ".join(f"{NAMES.get(c, c)} | vs OFG" for c in columns) + " | s/step opt. | guided |"
+    lines = [head, "|---" * (2 * len(columns) + 3) + "|"]
+    for r in result["rows"]:
+        cells = []
+        for c in columns:
+            k = 100 if "fold" in c else 1
+            v = r[c]
+            cells += [f"{k * v['mean']:.4f} ± {k * v['std']:.4f}",
+                      f"{k * v['difference']:+.4f} ± {k * v['difference_std']:.4f}"]
+        opt = "-" if r.get("sec_per_step_inner") is None else f"{r['sec_per_step_inner']:.4f}"
+        share = "-" if r.get("guided_share") is None else f"{r['guided_share']:.2f}"
+        lines.append(f"| {r['point']} | " + " | ".join(cells) + f" | {opt} | {share} |")
+    return "\n".join(lines) + "\n"
 
 
 def run_curves(out, point: str, seeds, metric: str = "val_dice"):

@@ -6,7 +6,8 @@ Reads the profile's run folder (params/PROFILE.yaml, `09_ablations.run_dir`) and
 (results/PROFILE/09_ablations.ipynb) and writes to --out: every sweep table (`NAME.json`, `NAME.csv`), the
 verdicts (`verdicts.json`, `verdicts.md`: `ofg_lib.sweep.ablation_verdicts`), a per-run table (`runs.md`: steps
 trained, best-validation step, whether the plateau rule stopped it, training seconds from each run's log) and
-`ablations.md`: the config it ran with, the notebook's displayed Markdown tables and printed lines in order, the
+`ablations.md`: the config it ran with, every sweep table (`ofg_lib.sweep.table_markdown`, as the notebook shows
+them; Fig. 5 with its teacher's test score), the notebook's own displayed outputs when it ran to its end, the
 verdicts and the runs. Nothing is typed: every number comes from those files. Checkpoints are not copied.
 """
 from __future__ import annotations
@@ -36,6 +37,32 @@ def notebook_outputs(path: Path) -> list[str]:
             elif o.get("output_type") == "stream" and o.get("name") == "stdout":
                 parts.append("```\n" + "".join(o["text"]).strip() + "\n```")
     return parts
+
+
+ORDER = ["core", "fig5", "fig6_interval", "fig6_threshold", "fig6_mix", "fig7", "table2", "table34"]
+TITLES = {"core": "The two ends: unsupervised training against full OFG (the premise)",
+          "fig5": "Fig. 5: self-training and optimized self-training", "fig6_interval": "Fig. 6: epoch interval",
+          "fig6_threshold": "Fig. 6: threshold (share of guided steps)", "fig6_mix": "Fig. 6: loss mix (Eq. 7)",
+          "fig7": "Fig. 7: warm-up with another strategy", "table2": "Table 2: convergence loss",
+          "table34": "Tables 3 and 4: optimizer designs"}
+
+
+def tables_markdown(tables: dict, runs: Path) -> str:
+    """Every sweep table (`ofg_lib.sweep.table_markdown`) in the notebook's order; Fig. 5 with its teacher's score."""
+    from ofg_lib.evaluate import score_run
+    from ofg_lib.sweep import table_markdown
+    parts = []
+    for name in [n for n in ORDER if n in tables] + sorted(set(tables) - set(ORDER)):
+        t = tables[name]
+        parts.append(f"### {TITLES.get(name, name)} (`{name}`)\n\n" + table_markdown(t))
+        teachers = sorted({r["overrides"]["teacher"] for r in t["rows"] if r["overrides"].get("teacher")})
+        for path in teachers:
+            if t.get("test_pairs"):
+                which = "best" if Path(path).name == "best.pt" else "last"
+                d = score_run(Path(path).parent, "test", t["test_pairs"], which)["dice"]
+                parts[-1] += (f"\nTeacher: `{Path(path).relative_to(runs)}`, test Dice {d:.4f} on "
+                              f"{t['test_pairs']} pairs (full OFG {t['rows'][0]['test_dice']['reference']:.4f}).\n")
+    return "\n".join(parts)
 
 
 def run_rows(runs: Path) -> list[dict]:
@@ -101,8 +128,12 @@ def main(argv=None) -> int:
             f"`make reproduce PROFILE={a.profile}` (params/{a.profile}.yaml); this file is written by "
             f"`python scripts/ablation_report.py --profile {a.profile} --out {a.out}` from the run folder and the "
             "executed notebook. Parameters:", "", "```json", json.dumps(params, indent=None), "```", ""]
-    body = notebook_outputs(executed) if executed.exists() else [f"(no executed notebook at {executed})"]
-    text = "\n".join(head) + "\n## The notebook's tables, as displayed\n\n" + "\n\n".join(body)
+    text = "\n".join(head) + "\n## The sweep tables\n\n" + tables_markdown(tables, runs)
+    if executed.exists():
+        text += "\n## The executed notebook's displayed outputs\n\n" + "\n\n".join(notebook_outputs(executed))
+    else:
+        text += (f"\n(The notebook itself has not run to its end with this profile: no {executed.relative_to(ROOT)}. "
+                 "The tables above are the sweep runner's, the ones the notebook displays.)\n")
     text += "\n\n## Verdicts\n\n" + verdicts_markdown(v) + "\n## Runs\n\n" + runs_markdown(rows)
     atomic_write(out / "ablations.md", text)
     print(f"wrote {out}: {len(tables)} tables, {len(rows)} runs")
