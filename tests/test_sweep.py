@@ -132,3 +132,17 @@ def test_verdict_notes_follow_the_designs_in_the_table():
     tested["core"]["rows"][0]["overrides"] = {"strategy": "unsupervised"}
     v = ablation_verdicts({"fig5": tested["fig5"]}, tested["core"])
     assert v["metric"] == "test_dice" and v["rows"][0]["verdict"] == "holds"
+
+
+def test_table_markdown_shows_the_score_the_sweep_used():
+    from ofg_lib.sweep import table_markdown
+    from ofg_lib.stats import paired
+    row = {"point": "ofg_every=2", "sec_per_step_inner": 0.0123, "guided_share": 0.5,
+           **{m: paired([0.70, 0.72], [0.71, 0.74]) for m in ("val_dice", "epe", "fold_fraction_brain")},
+           **{m: paired([0.60, 0.64], [0.62, 0.65]) for m in ("test_dice", "test_epe", "test_fold_fraction_brain")}}
+    plain = table_markdown({"rows": [row]})
+    assert "| point | Dice | vs OFG | EPE |" in plain and "test Dice" not in plain
+    assert "| ofg_every=2 | 0.7100 ± 0.0141 | -0.0150 ± 0.0071 |" in plain and "| 0.0123 | 0.50 |" in plain
+    tested = table_markdown({"rows": [row], "test_pairs": 40})
+    assert "| point | test Dice | vs OFG |" in tested and "| ofg_every=2 | 0.6200 ± 0.0283 | -0.0150 ± 0.0071 |" in tested
+    assert "| 62.0000 ± 2.8284 |" in tested          # folds in percent
