@@ -151,7 +151,8 @@ def run_notebook_05(run_dir, seed: int = 0, log=print, parameters: dict | None =
         try:
             pm.execute_notebook(str(nb), str(out), parameters={**(parameters or {}), "run_dir": str(run_dir),
                                                                "seeds": [seed]},
-                                kernel_name="python3", cwd=str(REPO), progress_bar=True, log_output=False)
+                                kernel_name="python3", cwd=str(REPO), log_output=False,
+                                progress_bar=not (os.environ.get("CI") or os.environ.get("OFG_QUIET")))
         finally:
             if env is None:
                 os.environ.pop("OFG_STATIC", None)
