@@ -27,7 +27,7 @@ from .stats import last_k_mean, paired
 from .paths import atomic_write, load_checkpoint, write_json
 
 __all__ = ["points", "folder_name", "sweep", "run_curves", "measure_step", "SWEEP_METRICS", "TEST_METRICS", "CLAIMS",
-           "verdict_metric", "ablation_verdicts", "verdicts_markdown", "table_markdown"]
+           "verdict_metric", "ablation_verdicts", "folder_verdicts", "verdicts_markdown", "table_markdown"]
 
 SWEEP_METRICS = ("val_dice", "epe", "fold_fraction", "fold_fraction_brain", "sdlogj", "val_unsup_loss")
 # Costs per point. Not memory: on a CPU `peak_memory_mb` is the whole process's peak, so in a sweep it depends on
@@ -187,9 +187,6 @@ def measure_step(cfg: dict, steps: int = 3, timeout: int = 900) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-# The paper's ablation claims, each "this change costs Dice against full OFG", with the sweep table (a NAME.json
-# of `sweep`) that tests it, and whether it leans on the unsupervised loss (then it presupposes that full OFG
-# beats unsupervised training: `ofg_lib.stats`). Points of a table not named in `points` are all taken.
 def _teacher_note(rows) -> str | None:
     """Fig. 5's caveat when its teacher is the core unsupervised run (same short budget), not a longer one."""
     teachers = [Path(str(r["overrides"]["teacher"])) for r in rows if r["overrides"].get("teacher")]
@@ -214,6 +211,9 @@ def _design_note(rows) -> str | None:
     return "; ".join(notes) or None
 
 
+# The paper's ablation claims, each "this change costs Dice against full OFG", with the sweep table (a NAME.json
+# of `sweep`) that tests it, and whether it leans on the unsupervised loss (then it presupposes that full OFG
+# beats unsupervised training: `ofg_lib.stats`). Points of a table not named in `points` are all taken.
 CLAIMS = [
     {"claim": "self-training below OFG (Fig. 5)", "table": "fig5", "needs_premise": False, "note": _teacher_note},
     {"claim": "epoch-interval guidance below OFG (Fig. 6)", "table": "fig6_interval", "needs_premise": True},
@@ -287,6 +287,17 @@ def verdicts_markdown(v: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def folder_verdicts(folder) -> dict:
+    """`ablation_verdicts` of a folder of sweep tables (NAME.json of the CLAIMS' tables, with core.json as the
+    premise): a report folder such as reports/ablations, or a sweep's run folder."""
+    folder = Path(folder)
+    if not (folder / "core.json").is_file():
+        raise FileNotFoundError(f"{folder}/core.json not found: the premise table (unsupervised against full OFG)")
+    tables = {c["table"]: json.loads((folder / f"{c['table']}.json").read_text())
+              for c in CLAIMS if (folder / f"{c['table']}.json").is_file()}
+    return ablation_verdicts(tables, json.loads((folder / "core.json").read_text()))
+
+
 def main(argv=None):
     import argparse
     p = argparse.ArgumentParser(prog="python -m ofg_lib.sweep",
@@ -296,9 +307,7 @@ def main(argv=None):
     folder = Path(a.folder)
     if not (folder / "core.json").is_file():
         p.error(f"{folder}/core.json not found: the premise table (unsupervised against full OFG)")
-    tables = {c["table"]: json.loads((folder / f"{c['table']}.json").read_text())
-              for c in CLAIMS if (folder / f"{c['table']}.json").is_file()}
-    v = ablation_verdicts(tables, json.loads((folder / "core.json").read_text()))
+    v = folder_verdicts(folder)
     write_json(folder / "verdicts.json", v)
     atomic_write(folder / "verdicts.md", verdicts_markdown(v))
     print(verdicts_markdown(v))

@@ -4,7 +4,7 @@
 
 Reads the profile's run folder (params/PROFILE.yaml, `09_ablations.run_dir`) and the executed notebook
 (results/PROFILE/09_ablations.ipynb) and writes to --out: every sweep table (`NAME.json`, `NAME.csv`), the
-verdicts (`verdicts.json`, `verdicts.md`: `ofg_lib.sweep.ablation_verdicts`), a per-run table (`runs.md`: steps
+verdicts (`verdicts.json`, `verdicts.md`: `ofg_lib.sweep.folder_verdicts`), a per-run table (`runs.md`: steps
 trained, best-validation step, whether the plateau rule stopped it, training seconds from each run's log) and
 `ablations.md`: the config it ran with, every sweep table (`ofg_lib.sweep.table_markdown`, as the notebook shows
 them; Fig. 5 with its teacher's test score), the notebook's own displayed outputs when it ran to its end, the
@@ -99,7 +99,7 @@ def main(argv=None) -> int:
     import yaml
 
     from ofg_lib.paths import atomic_write, write_json
-    from ofg_lib.sweep import CLAIMS, ablation_verdicts, verdicts_markdown
+    from ofg_lib.sweep import folder_verdicts, verdicts_markdown
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--profile", required=True)
     p.add_argument("--out", required=True)
@@ -117,8 +117,7 @@ def main(argv=None) -> int:
         tables[f.stem] = json.loads(f.read_text())
     if "core" not in tables:
         raise SystemExit(f"{runs}/core.json not found: run notebook 09 with profile {a.profile} first")
-    claims = {c["table"]: tables[c["table"]] for c in CLAIMS if c["table"] in tables}
-    v = ablation_verdicts(claims, tables["core"])
+    v = folder_verdicts(runs)
     write_json(out / "verdicts.json", v)
     atomic_write(out / "verdicts.md", verdicts_markdown(v))
     rows = run_rows(runs)

@@ -23,18 +23,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def blocks() -> dict:
     from ofg_lib.converge import pareto_markdown, verdict, where_ofg_stands
-    from ofg_lib.sweep import CLAIMS, ablation_verdicts, verdicts_markdown
+    from ofg_lib.sweep import folder_verdicts, verdicts_markdown
     out = {}
-    folder = ROOT / "reports" / "ablations"
-    tables = {c["table"]: json.loads((folder / f"{c['table']}.json").read_text()) for c in CLAIMS}
-    out["verdicts"] = verdicts_markdown(ablation_verdicts(tables, json.loads((folder / "core.json").read_text())))
+    out["verdicts"] = verdicts_markdown(folder_verdicts(ROOT / "reports" / "ablations"))
     real = ROOT / "reports" / "ablations_realistic"
-    if (real / "core.json").exists():
-        tables = {c["table"]: json.loads((real / f"{c['table']}.json").read_text()) for c in CLAIMS
-                  if (real / f"{c['table']}.json").exists()}
-        out["verdicts_realistic"] = verdicts_markdown(ablation_verdicts(tables, json.loads((real / "core.json").read_text())))
-    else:
-        out["verdicts_realistic"] = "(no committed summary yet: `make reproduce PROFILE=ablations_realistic`)\n"
+    out["verdicts_realistic"] = (verdicts_markdown(folder_verdicts(real)) if (real / "core.json").exists() else
+                                 "(no committed summary yet: `make reproduce PROFILE=ablations_realistic`)\n")
     conv = ROOT / "reports" / "converge" / "converge.json"
     if conv.exists():
         r = json.loads(conv.read_text())
