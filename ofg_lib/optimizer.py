@@ -7,19 +7,59 @@ the published code, or SGD). Nothing here is connected to the network's graph: t
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from dataclasses import dataclass, field
+
+import numpy as np
 
 import torch
 import torch.nn.functional as F
 
-from . import _checks
+from . import _checks, _refine_cpu
 from .losses import FixedLNCC, _check_window, grad_l2
 from .transform import normalised_grid, resize_disp
 
-__all__ = ["refine", "refine_with_history", "Refined", "OPTIMIZERS"]
+__all__ = ["refine", "refine_with_history", "Refined", "OPTIMIZERS", "cpu_kernels", "set_cpu_kernels",
+           "cpu_kernels_set"]
 
 OPTIMIZERS = ("adam", "sgd")
+
+# The CPU kernels of `_refine_cpu` (issue 21): on by default where numba imports; OFG_CPU_KERNELS=0 or
+# `set_cpu_kernels(False)` keeps PyTorch's path (the baseline of benchmarks/bench_cpu.py). CUDA never uses them.
+_CPU_KERNELS = os.environ.get("OFG_CPU_KERNELS", "1") != "0"
+
+
+def set_cpu_kernels(on: bool) -> bool:
+    """Turn the fused CPU inner loop on or off for the whole process; returns the old setting."""
+    global _CPU_KERNELS
+    old, _CPU_KERNELS = _CPU_KERNELS, bool(on)
+    return old
+
+
+def cpu_kernels() -> bool:
+    """Whether `refine` runs CPU tensors through the fused kernels (needs numba; see `_refine_cpu`)."""
+    return _CPU_KERNELS and _refine_cpu.AVAILABLE
+
+
+class cpu_kernels_set:
+    """`with cpu_kernels_set(False): ...` runs the block with the switch set, and restores it after."""
+
+    def __init__(self, on: bool):
+        self.on = bool(on)
+
+    def __enter__(self):
+        self.old = set_cpu_kernels(self.on)
+        return self
+
+    def __exit__(self, *exc):
+        set_cpu_kernels(self.old)
+        return False
+
+
+def _kernels_apply(disp, moving, downsample) -> bool:
+    return (cpu_kernels() and downsample == 1 and disp.device.type == "cpu" and moving.shape[1] == 1
+            and disp.dtype in (torch.float32, torch.float64) and disp.dim() in (4, 5))
 
 
 @dataclass
@@ -93,6 +133,8 @@ def refine_with_history(disp: torch.Tensor, moving: torch.Tensor, fixed: torch.T
                                 optimizer, window, final_energy)
         r.coarse, r.disp = r.disp, resize_disp(r.disp, size)
         return r
+    if _kernels_apply(disp, moving, downsample):
+        return _refine_with_kernels(disp, moving, fixed, steps, lr, reg_weight, optimizer, window, final_energy)
     moving = moving.detach()
     similarity = FixedLNCC(fixed.detach(), window)
     start = disp.detach().clone()
@@ -128,6 +170,29 @@ def refine_with_history(disp: torch.Tensor, moving: torch.Tensor, fixed: torch.T
             warped = F.grid_sample(moving, normalised_grid(result.disp), mode="bilinear", padding_mode="zeros",
                                    align_corners=True)
             result.final_energy = float(similarity(warped) + reg_weight * grad_l2(result.disp))
+    return result
+
+
+def _refine_with_kernels(disp, moving, fixed, steps, lr, reg_weight, optimizer, window, final_energy) -> Refined:
+    """`refine_with_history` through `_refine_cpu` (same results to float32 rounding, same warnings)."""
+    _checks.one_of("optimizer", optimizer, OPTIMIZERS)
+    phi = disp.detach().to(memory_format=torch.contiguous_format).clone().numpy()
+    mov, fix = (np.ascontiguousarray(x.detach().numpy()) for x in (moving, fixed))
+    result = Refined(disp=torch.from_numpy(phi))
+
+    def on_energy(energy: float, grad_sum: float) -> bool:
+        if not math.isfinite(energy + grad_sum):
+            result.finite = False
+            warnings.warn(f"refine: non-finite energy or gradient at step {result.steps_taken}; "
+                          "returning the last finite field", RuntimeWarning, stacklevel=4)
+            return False
+        result.energies.append(energy)
+        result.steps_taken += 1
+        return True
+
+    final = _refine_cpu.run(phi, mov, fix, steps, lr, reg_weight, optimizer, window, on_energy, final_energy)
+    if final_energy and result.finite:
+        result.final_energy = final
     return result
 
 

@@ -44,7 +44,7 @@ from . import data as datasets
 from . import device as resolve_device
 from .evaluate import evaluate
 from .metrics import ABSENT
-from .optimizer import OPTIMIZERS, refine_with_history
+from .optimizer import OPTIMIZERS, cpu_kernels, refine_with_history
 from .paths import atomic_save, atomic_write, load_checkpoint, remove_partials, write_json
 from .progress import progress_bar
 from .runs import FolderBusyError, claim
@@ -818,7 +818,9 @@ class Trainer:
              "parameters": models.count_parameters(self.model),
              # the CPU convolution path this process used (models/layers.py); a resumed run may have mixed both,
              # which changes its numbers at float32 rounding only
-             "cpu_channels_last": models.layers.cpu_channels_last() if self.device.type == "cpu" else None}
+             "cpu_channels_last": models.layers.cpu_channels_last() if self.device.type == "cpu" else None,
+             # and whether its instance optimizer ran the fused CPU kernels (optimizer.cpu_kernels; same caveat)
+             "cpu_kernels": cpu_kernels() if self.device.type == "cpu" else None}
         if self.out is not None and self.rank == 0:
             self._claim()
             write_json(self.out / "summary.json", s)

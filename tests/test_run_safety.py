@@ -205,17 +205,22 @@ def test_the_command_line_prints_no_traceback_for_bad_input(tmp_path):
 
 
 def test_ctrl_c_stops_with_a_resume_hint(tmp_path):
-    config = _yaml(tmp_path, {**TINY, "epochs": 50, "steps_per_epoch": 4})
+    # 12 epochs: after the first checkpoint, eleven remain (seconds) to receive the signal; resuming runs them.
+    # The child starts with SIGINT at its default: a shell that runs pytest in the background (`make test &`)
+    # ignores SIGINT, the child would inherit that, and Python installs no KeyboardInterrupt handler then.
+    config = _yaml(tmp_path, {**TINY, "epochs": 12, "steps_per_epoch": 4})
     out = tmp_path / "run"
     p = subprocess.Popen([sys.executable, "-m", "ofg_lib.train", "--config", str(config), "--out", str(out)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "CI": "1"})
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "CI": "1"},
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     while not (out / "checkpoint.pt").exists() and time.time() < deadline and p.poll() is None:
         time.sleep(0.2)
+    assert p.poll() is None, "the run ended before the test could interrupt it"
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=120)
     assert p.returncode == 130 and "stopped" in err and "--resume" in err and "Traceback" not in err, err
-    assert train.run({**TINY, "epochs": 50, "steps_per_epoch": 4}, out=out, resume=True)["epochs"] == 50
+    assert train.run({**TINY, "epochs": 12, "steps_per_epoch": 4}, out=out, resume=True)["epochs"] == 12
 
 
 # ------------------------------------------------------------------------------------------------ register
