@@ -545,6 +545,8 @@ def main(argv=None):
                    help="train that one run and stop (no summary): for running the runs of a spec in parallel "
                         "processes, e.g. on a GPU; a later call without --only reuses them")
     p.add_argument("--device", help="device for --only (default: the spec's, else auto: CUDA when there is one)")
+    p.add_argument("--threads", type=int, help="CPU threads for --only (default: the spec's; a runtime key, so a "
+                                               "run started with other threads resumes)")
     p.add_argument("--machine", help="where the runs were trained, for the report (default: this machine)")
     p.add_argument("--score-only", action="store_true",
                    help="train nothing: score and summarise the runs as they stand (runs cut off by a time limit "
@@ -564,6 +566,8 @@ def main(argv=None):
         cfg = {**arm_config(spec, arm)[0], "strategy": strat, "seed": seed}
         if args.device:
             cfg["device"] = args.device
+        if args.threads:
+            cfg["threads"] = args.threads
         t0 = time.perf_counter()
         try:
             h = train_history(cfg, run_dir / arm / f"{strat}-seed{seed}")

@@ -450,3 +450,22 @@ def test_the_one_paired_record_against_numpy_and_scipy():
     assert sd([0.5]) == 0.0 and paired([0.5], [0.4])["low"] is None
     with pytest.raises(ValueError, match="same seeds"):
         paired([0.1, 0.2], [0.1])
+
+
+def test_only_takes_threads_as_a_runtime_key(tmp_path, capsys):
+    """`--threads` trains one run with another CPU thread count; a run started with other threads is reused."""
+    import yaml
+    from ofg_lib.converge import main
+    spec = tmp_path / "s.yaml"
+    base = {**TINY_2D, "epochs": 1, "steps_per_epoch": 2, "lr_schedule": "constant", "inner_lr_schedule": "constant"}
+    spec.write_text(yaml.safe_dump({"setting": "today", "seeds": [0], "run_dir": str(tmp_path / "runs"),
+                                    "base": base, "arms": {"a": {}}}))
+    threads = torch.get_num_threads()
+    try:
+        main(["--spec", str(spec), "--only", "a/unsupervised/0", "--threads", "1"])
+        folder = tmp_path / "runs" / "a" / "unsupervised-seed0"
+        assert json.loads((folder / "config.json").read_text())["threads"] == 1
+        main(["--spec", str(spec), "--only", "a/unsupervised/0", "--threads", "2"])   # reused, not refused
+    finally:
+        torch.set_num_threads(threads)
+    assert capsys.readouterr().out.count("[converge] a/unsupervised/0: 2 steps") == 2
