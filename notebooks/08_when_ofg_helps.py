@@ -248,8 +248,9 @@ else:
 
 # %% [markdown]
 # **In 3-D.** The same study at 48x64x64 (`configs/studies/converge3d.yaml`) was trained on a GPU
-# (`scripts/gpu_run.sh`, part `converge3d`) under a time limit. Where that limit cut runs short, the verdict says
-# so and points to the row at equal steps, the only like-for-like one then.
+# (`scripts/gpu_run.sh`, part `converge3d`) under a time limit, and the OFG runs the limit cut were resumed on a
+# CPU (README, "In 3-D"). Where a run is still cut short, the verdict says so and points to the row at equal
+# steps, the only like-for-like one then.
 
 # %%
 path = resolve(converge_report).parent / "converge3d" / "converge.json"
