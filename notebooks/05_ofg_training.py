@@ -125,18 +125,22 @@ plt.show()
 # ## 3. The comparison
 # Each score is the mean of a run's last validations; the difference is paired by seed (OFG minus
 # unsupervised). At **equal steps** both strategies took the same number of network updates; at **equal wall
-# time** the faster one (unsupervised) kept training until it had used OFG's time.
+# time** the faster one (unsupervised) kept training until it had used OFG's time. `compare` is a sweep
+# (`ofg_lib.sweep`, the runner of notebooks 08 and 09 too) with unsupervised training as the reference: each
+# row holds, per metric, both means, the per-seed differences, their 95 % t interval and the sign count.
 
 # %%
 display(Markdown((out / "comparison.md").read_text()))
-for setting, metrics in result["paired"].items():
-    d = metrics["val_dice"]["difference"]
-    print(f"{setting}: OFG - unsupervised Dice = {d[0]:+.4f} ± {d[1]:.4f} over {len(seeds)} seed(s)")
+for setting in ("equal_steps", "equal_time"):
+    if result[setting]:
+        d = result[setting]["rows"][0]["val_dice"]     # the OFG row, paired against unsupervised (the reference)
+        print(f"{setting}: OFG - unsupervised Dice = {d['difference']:+.4f} ± {d['difference_std']:.4f} "
+              f"over {len(seeds)} seed(s)")
 summaries = [json.loads((out / f"{s}-seed{seeds[0]}" / "summary.json").read_text()) for s in ("unsupervised", "ofg")]
 for s in summaries:
     print(f"{s['strategy']:>13s}: {s['sec_per_step_network']:.3f} s/step network + "
           f"{s['sec_per_step_inner']:.3f} s/step inner optimizer on {s['device']}")
-assert all(0 <= v["val_dice"] <= 1 for v in result["per_run"]["equal_steps"].values())
+assert all(0 <= r["val_dice"][k] <= 1 for r in result["equal_steps"]["rows"] for k in ("mean", "reference"))
 
 # %% [markdown]
 # ## 4. How to read it
@@ -149,12 +153,12 @@ assert all(0 <= v["val_dice"] <= 1 for v in result["per_run"]["equal_steps"].val
 # `gpu` profile and `configs/paper_ixi_ofg.yaml` are the way to test its claim at its own budget.
 
 # %%
-d = result["paired"]["equal_steps"]["val_dice"]
-signs = {"OFG ahead": sum(v > 0 for v in d["per_seed"]), "OFG behind": sum(v < 0 for v in d["per_seed"])}
-side = "ahead of" if d["difference"][0] > 0 else "behind"
+d = result["equal_steps"]["rows"][0]["val_dice"]
+signs = {"OFG ahead": d["ahead"], "OFG behind": d["behind"]}
+side = "ahead of" if d["difference"] > 0 else "behind"
 agree = max(signs.values()) == len(seeds)
-display(Markdown(f"At equal steps OFG is **{side}** unsupervised training by {abs(d['difference'][0]):.4f} Dice "
-                 f"(± {d['difference'][1]:.4f} over {len(seeds)} seed(s)); "
+display(Markdown(f"At equal steps OFG is **{side}** unsupervised training by {abs(d['difference']):.4f} Dice "
+                 f"(± {d['difference_std']:.4f} over {len(seeds)} seed(s)); "
                  + ("every seed agrees on the sign." if agree else
                     f"the seeds disagree on the sign ({signs}), so this run does not separate the two.")))
 

@@ -57,7 +57,7 @@ import numpy as np
 from IPython.display import Markdown, display
 
 from ofg_lib import study, viz
-from ofg_lib.compare import train_history
+from ofg_lib.sweep import train_history
 from ofg_lib.evaluate import score_run
 from ofg_lib.paths import load_checkpoint, resolve
 from ofg_lib.sweep import measure_step, run_curves, sweep, table_markdown
@@ -79,7 +79,7 @@ print("score:", f"best-validation checkpoint on {test_pairs} test pairs" if test
 
 def table(result):
     """A sweep's rows as Markdown (`ofg_lib.sweep.table_markdown`): mean ± std (ddof 1), difference to full OFG."""
-    return Markdown(table_markdown(result))
+    return Markdown(table_markdown(result, versus="OFG"))
 
 
 # %% [markdown]

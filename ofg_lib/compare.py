@@ -5,18 +5,17 @@ checkpoints jitter, so a run's score is the mean over its last `last_k` validati
 by paired per-seed differences (same seed, same data order), at equal steps and, when `equal_time=True`, at
 equal wall time: the faster strategy is trained again, for as many epochs as the slower one's time allows
 (seconds per step: the median over every epoch of every seed), in a folder named for that length.
+
+A comparison is a sweep (`ofg_lib.sweep`, the project's one experiment runner) whose reference is the first
+strategy: its rows, pairing and table are the sweep's.
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
-import numpy as np
-
 from .evaluate import load_run
-from .paths import atomic_write, load_checkpoint, write_json
-from .stats import last_k_mean, sd
-from .train import load_config, run
+from .paths import atomic_write, write_json
+from .sweep import equal_time_epochs, mean_curve, step_seconds, sweep, table_markdown, train_history  # noqa: F401
 
 METRICS = ("val_dice", "fold_fraction", "fold_fraction_brain", "epe", "sdlogj")
 NAMES = {"val_dice": "Dice", "fold_fraction": "folds (% of all voxels, as Table 1's code)",
@@ -24,75 +23,46 @@ NAMES = {"val_dice": "Dice", "fold_fraction": "folds (% of all voxels, as Table 
          "sdlogj": "SDlogJ"}
 
 
-def _history(out: Path):
-    return load_checkpoint(Path(out) / "checkpoint.pt")["history"]
+def run_folder(strategy: str, seed: int, epochs: int | None = None) -> str:
+    """A comparison's run folder (under its `out`): `ofg-seed0`, or `unsupervised-seed0-equal-time-12ep` for a
+    strategy trained longer to another's wall time."""
+    return f"{strategy}-seed{seed}" + (f"-equal-time-{epochs}ep" if epochs else "")
 
 
-def train_history(cfg: dict, folder, resume: bool = True, callbacks=()) -> list:
-    """Train one run in `folder` (resuming an unfinished one, reusing a finished one); return its history.
-
-    The one way compare, the study (`ofg_lib.study`), the sweeps (`ofg_lib.sweep`) and `ofg_lib.converge` get a
-    run. A run in `folder` is reused or resumed only when its whole stored config equals `cfg` (epochs included;
-    `ofg_lib.train.RUNTIME` keys aside); otherwise this refuses, naming the folder and the differing keys.
-    `resume=False` refuses a folder that holds any run.
-    """
-    run(cfg, out=folder, resume="auto" if resume else False, callbacks=callbacks, exact=True)
-    return _history(folder)
-
-
-def mean_curve(histories, metric: str = "val_dice"):
-    """(steps, mean, std) over runs of a validation metric along training (the learning-curve figures)."""
-    runs = [[r for r in h if r.get(metric) is not None] for h in histories]
-    n = min(len(h) for h in runs)
-    steps = np.array([r["step"] for r in runs[0][:n]])
-    vals = np.array([[r[metric] for r in h[:n]] for h in runs], dtype=float)
-    return steps, vals.mean(0), vals.std(0)
+def _layout(name: str, seed: int) -> str:
+    strategy, _, longer = name.partition("@")           # "unsupervised@12": trained for 12 epochs (equal time)
+    return run_folder(strategy, seed, int(longer) if longer else None)
 
 
 def compare(base: dict, strategies=("unsupervised", "ofg"), seeds=(0, 1, 2), out: str | Path = "results/compare",
-            last_k: int = 3, equal_time: bool = True, resume: bool = True, callbacks=()) -> dict:
-    """Run every strategy for every seed; return per-run scores and paired differences (the second minus the first)."""
-    out = Path(out)
-    runs = {}
-    for seed in seeds:
-        for strat in strategies:
-            folder = out / f"{strat}-seed{seed}"
-            hist = train_history({**base, "strategy": strat, "seed": seed}, folder, resume, callbacks)
-            runs[(strat, seed)] = {"history": hist, "folder": str(folder)}
-    epochs = load_config(base).epochs
-    table = {"equal_steps": {}, "equal_time": {}}
-    for (strat, seed), r in runs.items():
-        table["equal_steps"][f"{strat}/{seed}"] = last_k_mean(r["history"], epochs, last_k, METRICS)
+            last_k: int = 3, equal_time: bool = True, resume: bool = True, callbacks=(), log=None) -> dict:
+    """Run every strategy for every seed; return the paired differences of each strategy to the first.
+
+    Returns {"strategies", "seeds", "last_k", "sec_per_step", "equal_time_epochs", "equal_steps": a sweep result,
+    "equal_time": a sweep result or None}; writes comparison.json and comparison.md in `out`. In the equal-time
+    sweep a strategy trained longer is named `STRATEGY@EPOCHS` (its folder: `run_folder`).
+    """
+    out, seeds = Path(out), list(seeds)
+    first, others = strategies[0], list(strategies[1:])
+    hist = {}
+    run = dict(seeds=seeds, out=out, last_k=last_k, callbacks=callbacks, log=log or (lambda *a: None), name=None,
+               layout=_layout, metrics=METRICS, histories=hist, resume=resume)
+    result = {"strategies": list(strategies), "seeds": seeds, "last_k": last_k, "sec_per_step": None,
+              "equal_time_epochs": None, "equal_time": None,
+              "equal_steps": sweep(base, [{"_name": s, "strategy": s} for s in others],
+                                   reference={"_name": first, "strategy": first}, **run)}
     if equal_time:
-        per_step = {s: step_seconds([runs[(s, seed)]["history"] for seed in seeds]) for s in strategies}
-        slow = max(per_step, key=per_step.get)
-        for strat in strategies:
-            extra = math.floor(epochs * per_step[slow] / per_step[strat])
-            for seed in seeds:
-                if extra > epochs:       # keep training the faster strategy to the slower one's time budget
-                    folder = out / f"{strat}-seed{seed}-equal-time-{extra}ep"
-                    # the same config run longer (its schedules stretch over the longer run)
-                    hist = train_history({**base, "strategy": strat, "seed": seed, "epochs": extra}, folder, resume,
-                                         callbacks)
-                    upto = extra
-                else:
-                    hist, upto = runs[(strat, seed)]["history"], epochs
-                table["equal_time"][f"{strat}/{seed}"] = {**last_k_mean(hist, upto, last_k, METRICS), "epochs": upto}
-    result = {"strategies": list(strategies), "seeds": list(seeds), "last_k": last_k, "per_run": table,
-              "sec_per_step": per_step if equal_time else None,
-              "paired": {k: paired(table[k], strategies, seeds) for k in table if table[k]}}
+        from .train import load_config
+        epochs = load_config(base).epochs
+        per_step, longer = equal_time_epochs(epochs, {s: [hist[(s, seed)] for seed in seeds] for s in strategies})
+        # the faster strategies keep training to the slowest one's time (their schedules stretch over the longer run)
+        point = {s: {"_name": f"{s}@{longer[s]}" if longer[s] > epochs else s, "strategy": s,
+                     **({"epochs": longer[s]} if longer[s] > epochs else {})} for s in strategies}
+        result.update(sec_per_step=per_step, equal_time_epochs=longer,
+                      equal_time=sweep(base, [point[s] for s in others], reference=point[first], **run))
     write_json(out / "comparison.json", result)
     atomic_write(out / "comparison.md", markdown(result))
     return result
-
-
-def step_seconds(histories) -> float:
-    """Training seconds per step (network + inner optimizer) of a strategy: the median over all its epochs.
-
-    The median, not the mean: on a shared machine a few epochs are slowed by other work, and a mean would hand
-    the equal-time comparison a budget that depends on what else ran at the time.
-    """
-    return float(np.median([h["sec_per_step_network"] + h["sec_per_step_inner"] for hist in histories for h in hist]))
 
 
 def load_runs(run_dir, seed: int = 0, strategies=("unsupervised", "ofg"), device="cpu", make: bool = False) -> dict:
@@ -162,30 +132,17 @@ def run_notebook_05(run_dir, seed: int = 0, log=print, parameters: dict | None =
     return out
 
 
-def paired(scores: dict, strategies, seeds) -> dict:
-    """Per metric: mean and std (ddof 1) over seeds of each strategy, and of the per-seed difference (second - first)."""
-    a, b = strategies[0], strategies[-1]
-    out = {}
-    for m in METRICS:
-        va = [scores[f"{a}/{s}"].get(m) for s in seeds]
-        vb = [scores[f"{b}/{s}"].get(m) for s in seeds]
-        if any(v is None for v in va + vb):
-            continue
-        diff = np.array(vb) - np.array(va)
-        out[m] = {a: (float(np.mean(va)), sd(va)), b: (float(np.mean(vb)), sd(vb)),
-                  "difference": (float(diff.mean()), sd(diff)), "per_seed": diff.tolist()}
-    return out
-
-
 def markdown(result: dict) -> str:
-    a, b = result["strategies"][0], result["strategies"][-1]
+    """A comparison's tables (`ofg_lib.sweep.table_markdown`, one line per metric), equal steps and equal time."""
+    first = result["strategies"][0]
     lines = [f"Seeds {result['seeds']}; each score is the mean of a run's last {result['last_k']} validations; "
-             f"mean ± std (ddof 1) over seeds; difference = {b} - {a}, paired by seed.", ""]
-    for setting, metrics in result["paired"].items():
-        lines += [f"**{setting.replace('_', ' ')}**", "", f"| metric | {a} | {b} | difference |", "|---|---|---|---|"]
-        for m, v in metrics.items():
-            k, name = (100 if m.startswith("fold") else 1), NAMES.get(m, m)
-            lines.append(f"| {name} | {k * v[a][0]:.4f} ± {k * v[a][1]:.4f} | {k * v[b][0]:.4f} ± {k * v[b][1]:.4f} | "
-                         f"{k * v['difference'][0]:+.4f} ± {k * v['difference'][1]:.4f} |")
-        lines.append("")
+             f"mean ± std (ddof 1) over seeds; difference = strategy - {first}, paired by seed; folds in percent.", ""]
+    for setting in ("equal_steps", "equal_time"):
+        table = result.get(setting)
+        if not table:
+            continue
+        what = "" if setting == "equal_steps" else " (" + ", ".join(
+            f"{s} {n} epochs" for s, n in result["equal_time_epochs"].items()) + ")"
+        lines += [f"**{setting.replace('_', ' ')}**{what}", "",
+                  table_markdown(table, columns=METRICS, versus=first, long=True, label="strategy")]
     return "\n".join(lines)

@@ -26,12 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .compare import train_history
+from .sweep import table_markdown, train_history
 from .evaluate import score_run
 from .paths import atomic_write, resolve, write_json
-from .stats import interval, last_k_mean, sd
+from .stats import last_k_mean, paired
 
-__all__ = ["paired_rows", "crossings", "seed_curves", "run_converge", "run_pareto", "pareto_markdown", "pareto_figure",
+__all__ = ["paired_row", "crossings", "seed_curves", "run_converge", "run_pareto", "pareto_markdown", "pareto_figure",
            "markdown", "where_ofg_stands", "plot_curves", "plot_pareto", "STRATEGIES"]
 
 STRATEGIES = ("unsupervised", "ofg")
@@ -59,18 +59,17 @@ def crossings(steps, difference, window: int = 5) -> list[dict]:
     return out
 
 
-def paired_rows(scores: dict, seeds, a: str = "unsupervised", b: str = "ofg", metrics=METRICS) -> list[dict]:
-    """One row per metric: both strategies' mean and std (ddof 1) over seeds, and the paired difference b - a."""
-    rows = []
+def paired_row(scores: dict, seeds, a: str = "unsupervised", b: str = "ofg", metrics=METRICS) -> dict:
+    """`b` against the reference `a` as a row of the runner's schema (`ofg_lib.sweep`): per metric the paired
+    record of `ofg_lib.stats.paired` (both means and ddof-1 spreads, the per-seed differences b - a, their mean,
+    95 % t interval and sign count). `scores`: {(strategy, seed): {metric: value}}."""
+    row = {"point": b, "overrides": {"strategy": b}}
     for m in metrics:
         va = [scores[(a, s)].get(m) for s in seeds]
         vb = [scores[(b, s)].get(m) for s in seeds]
-        if any(v is None for v in va + vb):
-            continue
-        rows.append({"metric": m, a: float(np.mean(va)), f"{a}_std": sd(va), b: float(np.mean(vb)), f"{b}_std": sd(vb),
-                     "per_seed": (np.array(vb) - np.array(va)).tolist(),
-                     **{f"difference_{k}": v for k, v in interval(np.array(vb) - np.array(va)).items()}})
-    return rows
+        if not any(v is None for v in va + vb):
+            row[m] = paired(vb, va)
+    return row
 
 
 def _plateaued(folder, history) -> bool:
@@ -239,9 +238,9 @@ def run_converge(spec: dict, out, log=print, train: bool = True) -> dict:
                                        "steps": common}
             result["arms"][arm] = {
                 "overrides": overrides, "seeds": done,
-                "test_best": paired_rows(test, done), "last_k": paired_rows(last, done),
+                "test_best": paired_row(test, done), "last_k": paired_row(last, done),
                 "equal_steps": {"steps": [equal[("ofg", s_)]["steps"] for s_ in done],
-                                "rows": paired_rows(equal, done, metrics=("dice",))},
+                                "row": paired_row(equal, done, metrics=("dice",))},
                 "runs": {f"{st}/{s}": meta[(st, s)] for st in STRATEGIES for s in done},
                 "curves": {st: {"step": own[st][0].tolist(), "mean": own[st][1].mean(0).tolist(),
                                 "per_seed": own[st][1].tolist()} for st in STRATEGIES},
@@ -353,7 +352,6 @@ def markdown(result: dict) -> str:
              f"{b.get('val_every', 1)} epoch(s), plateau rule: smoothed validation Dice gains < "
              f"{b.get('plateau_tol')} over the last third (not before {b.get('plateau_min_steps', 0)} steps). "
              f"Identity: Dice {result['identity']['dice']:.3f}, EPE {result['identity']['epe']:.2f} voxels.", ""]
-    names = {"dice": "Dice", "fold_fraction": "folds %", "sdlogj": "SDlogJ", "epe": "EPE (vox)"}
     for arm, r in result["arms"].items():
         arm_b = {**b, **r["overrides"]}
         lines += [f"## {arm}: {json.dumps(r['overrides'])}", "",
@@ -365,19 +363,11 @@ def markdown(result: dict) -> str:
         if "equal_steps" in r:
             tables.append((f"best validation Dice within the steps both runs of a seed reached "
                            f"({', '.join(map(str, r['equal_steps']['steps']))} steps; selected and scored on the "
-                           "validation pairs)", r["equal_steps"]["rows"]))
+                           "validation pairs)", r["equal_steps"]["row"]))
         tables.append((f"mean of the last {spec.get('last_k', 3)} validations", r["last_k"]))
-        for title, rows in tables:
-            lines += [f"**{title}**", "", "| metric | unsupervised | OFG | OFG - unsupervised [95 % CI] | ahead/behind |",
-                      "|---|---|---|---|---|"]
-            for row in rows:
-                f = 100 if row["metric"].startswith("fold") else 1
-                ci = ("" if row["difference_low"] is None else
-                      f" [{f * row['difference_low']:+.4f}, {f * row['difference_high']:+.4f}]")
-                lines.append(f"| {names[row['metric']]} | {f * row['unsupervised']:.4f} ± {f * row['unsupervised_std']:.4f} "
-                             f"| {f * row['ofg']:.4f} ± {f * row['ofg_std']:.4f} | {f * row['difference_mean']:+.4f}{ci} "
-                             f"| {row['difference_ahead']}/{row['difference_behind']} |")
-            lines.append("")
+        for title, row in tables:
+            lines += [f"**{title}**", "", table_markdown([row], columns=METRICS, versus="unsupervised", long=True,
+                                                         label="strategy")]
         runs = r["runs"]
         lines += ["| run | steps trained | best-validation step | best / last val Dice | largest drop after best "
                   "| s/step | training min |", "|---|---|---|---|---|---|---|"]
@@ -395,36 +385,36 @@ def markdown(result: dict) -> str:
 
 def verdict(arm: dict) -> str:
     """One sentence on the headline Dice row and the crossover, computed from the arm's numbers."""
-    row = next((x for x in arm["test_best"] if x["metric"] == "dice"), None)
+    row = arm["test_best"].get("dice")
     if row is None:
         return "No Dice row yet."
     cut = [k for k, v in arm["runs"].items() if v.get("cut_short")]
     if cut:
-        lo, hi = row["difference_low"], row["difference_high"]
+        lo, hi = row["low"], row["high"]
         ci = "" if lo is None else f" (95 % CI [{lo:+.4f}, {hi:+.4f}])"
         what = (f"not a converged comparison, since {len(cut)} run(s) were cut by a time limit before the cap or "
-                f"the plateau rule: on the test split OFG - unsupervised {row['difference_mean']:+.4f} Dice{ci} "
+                f"the plateau rule: on the test split OFG - unsupervised {row['difference']:+.4f} Dice{ci} "
                 f"compares runs of unequal length, and the equal-steps row is the like-for-like one")
-    elif row["difference_low"] is None:
-        what = f"one seed pair only: OFG - unsupervised {row['difference_mean']:+.4f} Dice (no interval)"
-    elif row["difference_significant"]:
-        side = "ahead of" if row["difference_mean"] > 0 else "behind"
-        what = (f"OFG is {side} unsupervised training on the test split by {row['difference_mean']:+.4f} Dice "
-                f"(95 % CI [{row['difference_low']:+.4f}, {row['difference_high']:+.4f}], excludes 0)")
+    elif row["low"] is None:
+        what = f"one seed pair only: OFG - unsupervised {row['difference']:+.4f} Dice (no interval)"
+    elif row["significant"]:
+        side = "ahead of" if row["difference"] > 0 else "behind"
+        what = (f"OFG is {side} unsupervised training on the test split by {row['difference']:+.4f} Dice "
+                f"(95 % CI [{row['low']:+.4f}, {row['high']:+.4f}], excludes 0)")
     else:
-        what = (f"no difference resolved on the test split: {row['difference_mean']:+.4f} Dice "
-                f"(95 % CI [{row['difference_low']:+.4f}, {row['difference_high']:+.4f}] includes 0)")
+        what = (f"no difference resolved on the test split: {row['difference']:+.4f} Dice "
+                f"(95 % CI [{row['low']:+.4f}, {row['high']:+.4f}] includes 0)")
     cross = arm["crossings"]
     cross_txt = ("the smoothed seed-mean curves never cross" if not cross else
                  "the smoothed seed-mean curves change order at step(s) "
                  + ", ".join(f"{c['step']} ({c['to']})" for c in cross))
-    eq = arm.get("equal_steps", {}).get("rows")
+    eq = arm.get("equal_steps", {}).get("row")
     if eq:
-        e = eq[0]
-        ci = ("" if e["difference_low"] is None else
-              f", 95 % CI [{e['difference_low']:+.4f}, {e['difference_high']:+.4f}]")
+        e = eq["dice"]
+        ci = ("" if e["low"] is None else
+              f", 95 % CI [{e['low']:+.4f}, {e['high']:+.4f}]")
         what += (f"; at equal steps (each run's best validation Dice within the steps both runs of its seed "
-                 f"reached) {e['difference_mean']:+.4f}{ci}, OFG ahead in {e['difference_ahead']} of {e['difference_n']}")
+                 f"reached) {e['difference']:+.4f}{ci}, OFG ahead in {e['ahead']} of {e['n']}")
     capped = [k for k, v in arm["runs"].items() if not v.get("stopped_early", True) and not v.get("cut_short")]
     collapsed = [k for k, v in arm["runs"].items() if v.get("drop_after_best", 0) > COLLAPSE]
     notes = ""
@@ -439,10 +429,10 @@ def verdict(arm: dict) -> str:
 
 
 def _status(row: dict) -> str:
-    if row["difference_low"] is None:
+    if row["low"] is None:
         return "one seed pair, no interval"
-    if row["difference_significant"]:
-        return "OFG ahead, the 95 % interval excludes 0" if row["difference_mean"] > 0 else \
+    if row["significant"]:
+        return "OFG ahead, the 95 % interval excludes 0" if row["difference"] > 0 else \
             "OFG behind, the 95 % interval excludes 0"
     return "not resolved, the 95 % interval includes 0"
 
@@ -450,8 +440,8 @@ def _status(row: dict) -> str:
 def where_ofg_stands(converge: dict, pareto: dict | None = None, converge3d: dict | None = None) -> str:
     """The answer so far, one line per experiment, computed from the committed summaries (README block
     `headline`): each arm's headline Dice difference and its status, the Pareto dominance, the 3-D run's state."""
-    def dice(rows):
-        return next(r for r in rows if r["metric"] == "dice")
+    def dice(row):
+        return row["dice"]
 
     def regime(result, arm):
         """Model, data, schedules and budget of an arm, from its spec (what the line's conclusion holds under)."""
@@ -465,10 +455,10 @@ def where_ofg_stands(converge: dict, pareto: dict | None = None, converge3d: dic
     lines = []
     for arm, a in converge["arms"].items():
         d = dice(a["test_best"])
-        ci = "" if d["difference_low"] is None else f" [{d['difference_low']:+.4f}, {d['difference_high']:+.4f}]"
+        ci = "" if d["low"] is None else f" [{d['low']:+.4f}, {d['high']:+.4f}]"
         lines.append(f"- Arm **{arm}** ({regime(converge, arm)}; {len(a['seeds'])} seeds, best checkpoint on the test "
-                     f"split): OFG - unsupervised {d['difference_mean']:+.4f} Dice{ci}, OFG ahead in "
-                     f"{d['difference_ahead']} of {d['difference_n']} seeds: {_status(d)}.")
+                     f"split): OFG - unsupervised {d['difference']:+.4f} Dice{ci}, OFG ahead in "
+                     f"{d['ahead']} of {d['n']} seeds: {_status(d)}.")
     if pareto:
         unsup = [r["label"] for r in pareto["summary"] if r["label"].startswith("unsup")]
         ofg = [r["label"] for r in pareto["summary"] if r["label"].startswith("OFG")]
@@ -482,18 +472,21 @@ def where_ofg_stands(converge: dict, pareto: dict | None = None, converge3d: dic
     if converge3d:
         for arm, a in converge3d["arms"].items():
             cut = [k for k, v in a["runs"].items() if v.get("cut_short")]
-            eq = a.get("equal_steps", {}).get("rows")
+            eq = a.get("equal_steps", {}).get("row")
             if cut and eq:
-                e = eq[0]
+                e = eq["dice"]
                 lines.append(f"- 3-D, arm {arm} ({regime(converge3d, arm)}; {len(a['seeds'])} seeds, trained on "
                              f"{converge3d.get('machine', 'another machine')}): not a converged comparison "
                              f"({len(cut)} runs cut by a time "
                              f"limit); at equal steps ({', '.join(map(str, a['equal_steps']['steps']))}) OFG - "
-                             f"unsupervised {e['difference_mean']:+.4f} Dice: {_status(e)}.")
+                             f"unsupervised {e['difference']:+.4f} Dice: {_status(e)}.")
             else:
                 d = dice(a["test_best"])
-                lines.append(f"- 3-D, arm {arm} ({regime(converge3d, arm)}; {len(a['seeds'])} seeds): OFG - "
-                             f"unsupervised {d['difference_mean']:+.4f} Dice: {_status(d)}.")
+                ci = "" if d["low"] is None else f" [{d['low']:+.4f}, {d['high']:+.4f}]"
+                where = f", trained on {converge3d['machine']}" if converge3d.get("machine") else ""
+                lines.append(f"- 3-D, arm {arm} ({regime(converge3d, arm)}; {len(a['seeds'])} seeds{where}; best "
+                             f"checkpoint on the test split): OFG - unsupervised {d['difference']:+.4f} Dice{ci}, OFG "
+                             f"ahead in {d['ahead']} of {d['n']} seeds: {_status(d)}.")
     lines.append("- Not tested here: real brains, the paper's 100,000 steps, ViT-V-Net and TransMorph trained to a "
                  "plateau.")
     return "\n".join(lines) + "\n"

@@ -30,9 +30,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .compare import METRICS, mean_curve, paired, step_seconds, train_history
+from .compare import METRICS
+from .sweep import equal_time_epochs, mean_curve, step_seconds, sweep
+from .sweep import table_markdown as _table
 from .paths import atomic_write, write_json
-from .stats import last_k_mean
 
 __all__ = ["SETTINGS", "setting_config", "identity_scores", "run_study", "plateau", "table_markdown", "curves",
            "conclusion", "spec_from_params", "write_report"]
@@ -89,17 +90,16 @@ def identity_scores(cfg: dict, n: int = 10) -> dict:
     return {"dice": float(np.mean(d)), "epe": float(np.mean(e))}
 
 
-def _pair_scores(histories: dict, epochs: dict, last_k: int, seeds) -> dict:
-    scores = {f"{s}/{seed}": last_k_mean(histories[(s, seed)], epochs[s], last_k, METRICS) for s, seed in histories}
-    return paired(scores, ("unsupervised", "ofg"), seeds)
-
-
 def run_study(spec: dict, out, callbacks=(), log=print) -> dict:
     """Run (or reuse) every run of `spec` under `out`; write study.json and study.md there; return the result.
 
     `spec` keys: base (TrainConfig keys shared by every run, with img_size and epochs), settings (names of
     SETTINGS), seeds, last_k, equal_time (bool), variants ({name: OFG config overrides}), budgets (epochs),
     confirm_3d (None or {img_size, epochs, steps_per_epoch, seeds, ...overrides}).
+    A study is a list of sweeps (`ofg_lib.sweep.sweep`, the project's one runner): each stage pairs OFG runs with
+    unsupervised ones (the reference), and its rows are sweep rows (per metric the paired record of
+    `ofg_lib.stats.paired`: `reference` is unsupervised, `mean` OFG, `difference` OFG - unsupervised) with the
+    stage's `tag`, `setting`, `comparison` and `epochs`. A run's folder is `out/TAG/STRATEGY-seedN`.
     """
     out = Path(out)
     base, seeds, last_k = dict(spec["base"]), list(spec["seeds"]), int(spec.get("last_k", 3))
@@ -107,20 +107,21 @@ def run_study(spec: dict, out, callbacks=(), log=print) -> dict:
     result = {"spec": spec, "settings": {}, "rows": []}
     hist = {}
 
-    def train(tag, setting, strat, seed, extra=None, size=None):
+    def stage(tag, setting, comparison, ofg=None, unsupervised=None, size=None, seeds_=None, **keys):
+        """One sweep: the OFG runs of `tag` (or the run `ofg` names) against unsupervised ones; adds its row."""
         size = size or base["img_size"]
-        cfg = {**base, **setting_config(setting, size), "strategy": strat, "seed": seed, **(extra or {})}
-        folder = out / tag / f"{strat}-seed{seed}"
-        log(f"[study] {tag}: {strat} seed {seed}")
-        hist[(tag, strat, seed)] = train_history(cfg, folder, callbacks=callbacks)
-        return hist[(tag, strat, seed)]
+        cfg = {**base, **setting_config(setting, size)}
+        point = {"_name": f"{tag}/ofg", "strategy": "ofg", **(ofg or {})}
+        ref = {"_name": f"{tag}/unsupervised", "strategy": "unsupervised", **(unsupervised or {})}
+        table = sweep(cfg, [point], seeds=seeds_ or seeds, out=out, reference=ref, last_k=last_k,
+                      callbacks=callbacks, log=lambda m: log(m.replace("[sweep]", "[study]")), name=None,
+                      layout="{name}-seed{seed}", metrics=METRICS, histories=hist)
+        result["rows"].append({"tag": tag, "setting": setting, "comparison": comparison, **keys, **table["rows"][0]})
+        save()
+        return table
 
-    def add_rows(tag, setting, comparison, pairs, extra=None):
-        for metric, v in pairs.items():
-            result["rows"].append({"tag": tag, "setting": setting, "comparison": comparison, "metric": metric,
-                                   "unsupervised": v["unsupervised"][0], "unsupervised_std": v["unsupervised"][1],
-                                   "ofg": v["ofg"][0], "ofg_std": v["ofg"][1], "difference": v["difference"][0],
-                                   "difference_std": v["difference"][1], "per_seed": v["per_seed"], **(extra or {})})
+    def runs(name, seeds_=None):
+        return [hist[(name, seed)] for seed in seeds_ or seeds]
 
     def save():
         write_json(out / "study.json", result)
@@ -131,68 +132,39 @@ def run_study(spec: dict, out, callbacks=(), log=print) -> dict:
         ident = identity_scores({**base, **setting_config(setting, base["img_size"])})
         result["settings"][setting] = {"config": setting_config(setting, base["img_size"]), "identity": ident,
                                        "description": DESCRIPTIONS[setting]}
-        for seed in seeds:
-            for strat in ("unsupervised", "ofg"):
-                train(setting, setting, strat, seed)
-        h = {(s, seed): hist[(setting, s, seed)] for s in ("unsupervised", "ofg") for seed in seeds}
-        sps = {s: step_seconds([hist[(setting, s, seed)] for seed in seeds]) for s in ("unsupervised", "ofg")}
-        result["settings"][setting]["sec_per_step"] = sps
-        add_rows(setting, setting, "equal steps", _pair_scores(h, {"unsupervised": epochs, "ofg": epochs}, last_k, seeds),
-                 {"epochs": epochs})
+        stage(setting, setting, "equal steps", epochs=epochs)
+        result["settings"][setting]["sec_per_step"] = {s: step_seconds(runs(f"{setting}/{s}"))
+                                                       for s in ("unsupervised", "ofg")}
         save()
     # 2. equal wall time: the faster strategy (unsupervised, normally) trained for the slower one's time
     if spec.get("equal_time", True):
         for setting in spec["settings"]:
-            sps = result["settings"][setting]["sec_per_step"]
-            extra = math.floor(epochs * sps["ofg"] / sps["unsupervised"])
+            _, longer = equal_time_epochs(epochs, {s: runs(f"{setting}/{s}") for s in ("unsupervised", "ofg")})
+            extra = longer["unsupervised"]
             if extra <= epochs:
-                log(f"[study] {setting}: OFG is not slower per step ({sps}); equal time = equal steps")
+                log(f"[study] {setting}: OFG is not slower per step ({result['settings'][setting]['sec_per_step']}); "
+                    "equal time = equal steps")
                 continue
-            for seed in seeds:
-                train(f"{setting}-equal-time-{extra}ep", setting, "unsupervised", seed, {"epochs": extra})
-            h = {("unsupervised", seed): hist[(f"{setting}-equal-time-{extra}ep", "unsupervised", seed)] for seed in seeds}
-            h.update({("ofg", seed): hist[(setting, "ofg", seed)] for seed in seeds})
-            add_rows(setting, setting, "equal time",
-                     _pair_scores(h, {"unsupervised": extra, "ofg": epochs}, last_k, seeds),
-                     {"epochs": epochs, "unsupervised_epochs": extra})
-            save()
+            stage(setting, setting, "equal time", epochs=epochs, unsupervised_epochs=extra,
+                  unsupervised={"_name": f"{setting}-equal-time-{extra}ep/unsupervised", "epochs": extra})
     # 3. variants of the inner optimizer (OFG only), against the first setting's unsupervised runs
     first = spec["settings"][0]
     for name, overrides in (spec.get("variants") or {}).items():
-        for seed in seeds:
-            train(f"{first}-{name}", first, "ofg", seed, overrides)
-        h = {("unsupervised", seed): hist[(first, "unsupervised", seed)] for seed in seeds}
-        h.update({("ofg", seed): hist[(f"{first}-{name}", "ofg", seed)] for seed in seeds})
-        add_rows(f"{first}-{name}", first, f"equal steps, OFG {name}",
-                 _pair_scores(h, {"unsupervised": epochs, "ofg": epochs}, last_k, seeds), {"epochs": epochs})
-        save()
+        stage(f"{first}-{name}", first, f"equal steps, OFG {name}", epochs=epochs, ofg=overrides,
+              unsupervised={"_name": f"{first}/unsupervised"})
     for name, overrides in (spec.get("both_variants") or {}).items():
-        tag = f"{first}-{name}"
-        for seed in seeds:
-            for strat in ("unsupervised", "ofg"):
-                train(tag, first, strat, seed, overrides)
-        n_ep = int(overrides.get("epochs", epochs))
-        h = {(s, seed): hist[(tag, s, seed)] for s in ("unsupervised", "ofg") for seed in seeds}
-        add_rows(tag, first, f"equal steps, both {name}",
-                 _pair_scores(h, {"unsupervised": n_ep, "ofg": n_ep}, last_k, seeds), {"epochs": n_ep})
-        save()
+        stage(f"{first}-{name}", first, f"equal steps, both {name}", epochs=int(overrides.get("epochs", epochs)),
+              ofg=overrides, unsupervised=overrides)
     # 4. the budget axis: the first setting trained for other lengths (each with its own poly schedule)
     for n_ep in spec.get("budgets") or []:
-        if n_ep == epochs:
-            continue
-        tag = f"{first}-{n_ep}ep"
-        for seed in seeds:
-            for strat in ("unsupervised", "ofg"):
-                train(tag, first, strat, seed, {"epochs": n_ep})
-        h = {(s, seed): hist[(tag, s, seed)] for s in ("unsupervised", "ofg") for seed in seeds}
-        add_rows(tag, first, "equal steps", _pair_scores(h, {"unsupervised": n_ep, "ofg": n_ep}, last_k, seeds),
-                 {"epochs": n_ep})
-        save()
+        if n_ep != epochs:
+            stage(f"{first}-{n_ep}ep", first, "equal steps", epochs=n_ep, ofg={"epochs": n_ep},
+                  unsupervised={"epochs": n_ep})
     # 5. one 3-D confirmation
     c3 = spec.get("confirm_3d")
     if c3:
-        gains = {r["setting"]: r["difference"] for r in result["rows"]
-                 if r["metric"] == "val_dice" and r["comparison"] == "equal steps" and r["tag"] == r["setting"]}
+        gains = {r["setting"]: r["val_dice"]["difference"] for r in result["rows"]
+                 if r["comparison"] == "equal steps" and r["tag"] == r["setting"]}
         best = max(gains, key=gains.get)
         if gains[best] <= 0:
             best = min(result["settings"], key=lambda s: result["settings"][s]["identity"]["dice"])
@@ -201,21 +173,15 @@ def run_study(spec: dict, out, callbacks=(), log=print) -> dict:
             why = "the largest mean Dice gain in 2-D"
         c3 = dict(c3)
         size, seeds3 = list(c3.pop("img_size")), list(c3.pop("seeds", seeds))
-        tag = f"3d-{best}"
-        for seed in seeds3:
-            for strat in ("unsupervised", "ofg"):
-                cfg_extra = {**c3, "img_size": size}
-                train(tag, best, strat, seed, cfg_extra, size=size)
-        h = {(s, seed): hist[(tag, s, seed)] for s in ("unsupervised", "ofg") for seed in seeds3}
+        extra3 = {**c3, "img_size": size}
         result["confirm_3d"] = {"setting": best, "why": why, "img_size": size, "seeds": seeds3,
                                 "identity": identity_scores({**base, **c3, "img_size": size,
                                                              **setting_config(best, size)})}
-        n3 = int(c3.get("epochs", epochs))
-        add_rows(tag, best, "equal steps, 3-D", _pair_scores(h, {"unsupervised": n3, "ofg": n3}, last_k, seeds3),
-                 {"epochs": n3})
-    result["histories"] = {f"{t}/{s}/{seed}": [{k: r.get(k) for k in ("step", "epoch", "val_dice", "epe")}
-                                               for r in h_ if "val_dice" in r]
-                           for (t, s, seed), h_ in hist.items()}
+        stage(f"3d-{best}", best, "equal steps, 3-D", ofg=extra3, unsupervised=extra3, size=size, seeds_=seeds3,
+              epochs=int(c3.get("epochs", epochs)))
+    result["histories"] = {f"{name}/{seed}": [{k: r.get(k) for k in ("step", "epoch", "val_dice", "epe")}
+                                              for r in h_ if "val_dice" in r]
+                           for (name, seed), h_ in hist.items()}
     save()
     return result
 
@@ -227,39 +193,37 @@ def plateau(rows, setting: str, tol: float = 0.005) -> dict:
     a Dice point). The seed spread at the longest budget is returned beside it (`last_std`), to judge whether
     a gain above `tol` is more than noise.
     """
-    dice_rows = sorted((r for r in rows if r["setting"] == setting and r["metric"] == "val_dice"
-                        and r["comparison"] == "equal steps" and (r["tag"] == setting or r["tag"].endswith("ep"))
-                        and "OFG" not in r["comparison"]), key=lambda r: r["epochs"])
+    dice_rows = sorted((r for r in rows if r["setting"] == setting and r["comparison"] == "equal steps"
+                        and (r["tag"] == setting or r["tag"].endswith("ep"))), key=lambda r: r["epochs"])
     out = {}
-    for s in ("unsupervised", "ofg"):
+    for s, key in (("unsupervised", "reference"), ("ofg", "mean")):
         if len(dice_rows) < 2:
             out[s] = {"plateaued": None, "last_gain": None}
             continue
-        last, prev = dice_rows[-1], dice_rows[-2]
-        gain = last[s] - prev[s]
-        out[s] = {"epochs": [r["epochs"] for r in dice_rows], "dice": [r[s] for r in dice_rows], "last_gain": gain,
-                  "last_std": last[f"{s}_std"], "plateaued": bool(gain < tol)}
+        last, prev = dice_rows[-1]["val_dice"], dice_rows[-2]["val_dice"]
+        gain = last[key] - prev[key]
+        out[s] = {"epochs": [r["epochs"] for r in dice_rows], "dice": [r["val_dice"][key] for r in dice_rows],
+                  "last_gain": gain, "last_std": last[f"{key}_std" if key == "reference" else "std"],
+                  "plateaued": bool(gain < tol)}
     return out
 
 
 def conclusion(result: dict) -> str:
     """What the table says, in sentences built from its numbers (Dice and EPE, paired by seed)."""
-    rows = {(r["tag"], r["comparison"], r["metric"]): r for r in result["rows"]}
     lines, best = [], None
-    for (tag, comparison, metric), r in rows.items():
-        if metric != "val_dice":
+    for r in result["rows"]:
+        if "val_dice" not in r:
             continue
-        d, n = r["difference"], len(r["per_seed"])
-        ahead, behind = sum(v > 0 for v in r["per_seed"]), sum(v < 0 for v in r["per_seed"])
-        verdict = ("OFG ahead in every seed" if ahead == n else "OFG behind in every seed" if behind == n
-                   else "no difference in any seed" if ahead == behind == 0
-                   else f"seeds disagree ({ahead} of {n} ahead, {behind} behind)")
-        e = rows.get((tag, comparison, "epe"))
-        epe = f"; EPE {e['difference']:+.3f} voxels (OFG - unsupervised)" if e else ""
-        lines.append(f"- **{tag}, {comparison}**: Dice {r['unsupervised']:.3f} -> {r['ofg']:.3f}, "
-                     f"difference {d:+.4f} ± {r['difference_std']:.4f}: {verdict}{epe}.")
+        v = r["val_dice"]
+        d, n = v["difference"], len(v["per_seed"])
+        verdict = ("OFG ahead in every seed" if v["ahead"] == n else "OFG behind in every seed" if v["behind"] == n
+                   else "no difference in any seed" if v["ahead"] == v["behind"] == 0
+                   else f"seeds disagree ({v['ahead']} of {n} ahead, {v['behind']} behind)")
+        epe = f"; EPE {r['epe']['difference']:+.3f} voxels (OFG - unsupervised)" if "epe" in r else ""
+        lines.append(f"- **{r['tag']}, {r['comparison']}**: Dice {v['reference']:.3f} -> {v['mean']:.3f}, "
+                     f"difference {d:+.4f} ± {v['difference_std']:.4f}: {verdict}{epe}.")
         if best is None or d > best[1]:
-            best = (f"{tag}, {comparison}", d)
+            best = (f"{r['tag']}, {r['comparison']}", d)
     if best is not None:
         gained = [ln for ln in lines if "OFG ahead in every seed" in ln]
         head = (f"OFG is ahead in every seed in {len(gained)} of {len(lines)} comparisons. "
@@ -269,20 +233,10 @@ def conclusion(result: dict) -> str:
     return "\n".join(lines)
 
 
-def table_markdown(rows) -> str:
-    """The tidy table of paired differences (OFG - unsupervised) as Markdown."""
-    names = {"val_dice": "Dice", "fold_fraction": "folds % all", "fold_fraction_brain": "folds % brain",
-             "epe": "EPE (vox)", "sdlogj": "SDlogJ"}
-    lines = ["| run | comparison | metric | unsupervised | OFG | OFG - unsupervised (per seed) |",
-             "|---|---|---|---|---|---|"]
-    for r in rows:
-        k = 100 if r["metric"].startswith("fold") else 1
-        per = ", ".join(f"{k * v:+.4f}" for v in r["per_seed"])
-        lines.append(f"| {r['tag']} | {r['comparison']} | {names.get(r['metric'], r['metric'])} | "
-                     f"{k * r['unsupervised']:.4f} ± {k * r['unsupervised_std']:.4f} | "
-                     f"{k * r['ofg']:.4f} ± {k * r['ofg_std']:.4f} | "
-                     f"{k * r['difference']:+.4f} ± {k * r['difference_std']:.4f} ({per}) |")
-    return "\n".join(lines) + "\n"
+def table_markdown(rows, columns=METRICS) -> str:
+    """The study's rows (OFG against unsupervised, paired by seed) in the runner's table (`ofg_lib.sweep.
+    table_markdown`, one line per run and metric)."""
+    return _table(rows, columns=columns, versus="unsupervised", long=True, label="run", extra=("comparison",))
 
 
 def curves(result: dict, tag: str, strategy: str, metric: str = "val_dice"):
@@ -307,15 +261,20 @@ def write_report(result: dict, folder, wall_time_h: float, machine: str, command
                                    if k != "epoch"} for r in keep]
     slim.update({"wall_time_h": wall_time_h, "machine": machine, "command": command})
     write_json(folder / "study.json", slim)
+    atomic_write(folder / "study.md", report_markdown(slim))
+    return folder / "study.json"
+
+
+def report_markdown(report: dict) -> str:
+    """study.md of a committed summary (`write_report`): the settings, the table and the conclusion."""
     settings = ["| setting | what changes | identity Dice | identity EPE | s/step unsupervised | s/step OFG |",
                 "|---|---|---|---|---|---|"]
-    for name, v in result["settings"].items():
+    for name, v in report["settings"].items():
         sps = v.get("sec_per_step", {})
         settings.append(f"| {name} | {v['description']} | {v['identity']['dice']:.3f} | {v['identity']['epe']:.2f} | "
                         f"{sps.get('unsupervised', float('nan')):.4f} | {sps.get('ofg', float('nan')):.4f} |")
-    atomic_write(folder / "study.md", f"# The full study\n\n`{command}`: {wall_time_h:.1f} h on {machine}.\n\n"
-                 + "\n".join(settings) + "\n\n" + table_markdown(result["rows"]) + "\n" + conclusion(result) + "\n")
-    return folder / "study.json"
+    return (f"# The full study\n\n`{report['command']}`: {report['wall_time_h']:.1f} h on {report['machine']}.\n\n"
+            + "\n".join(settings) + "\n\n" + table_markdown(report["rows"]) + "\n" + conclusion(report) + "\n")
 
 
 def main(argv=None):

@@ -1,11 +1,15 @@
-"""Parameter sweeps: a grid of config values x seeds, paired against a reference run (notebook 09).
+"""The experiment runner: a grid of config values x seeds, paired against a reference run (notebooks 05, 08, 09).
 
     table = ofg_lib.sweep.sweep(base, {"ofg_every": [2, 4]}, seeds=[0, 1], out="results/cpu/09/interval")
 
 Every point is an ordinary training run (`ofg_lib.train.run`) in its own folder, named for its overrides, so a
 second call reuses finished runs and resumes unfinished ones. The reference (default: `base` itself) is run for
 the same seeds; each point's scores are compared with it seed by seed (the point minus the reference). The
-table is written as sweep.json and as a tidy sweep.csv (one row per point and metric).
+table is written as NAME.json and as a tidy NAME.csv (one row per point and metric).
+
+It is the one runner of the project: `ofg_lib.compare.compare` is a sweep whose reference is the first strategy,
+a study (`ofg_lib.study`) is a list of sweeps, and all of them share one row schema (per metric, the paired
+record of `ofg_lib.stats.paired`) and one table renderer (`table_markdown`).
 """
 from __future__ import annotations
 
@@ -21,13 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .compare import mean_curve, train_history
 from .evaluate import score_run
 from .stats import last_k_mean, paired
 from .paths import atomic_write, load_checkpoint, write_json
 
-__all__ = ["points", "folder_name", "sweep", "run_curves", "measure_step", "SWEEP_METRICS", "TEST_METRICS", "CLAIMS",
-           "verdict_metric", "ablation_verdicts", "folder_verdicts", "verdicts_markdown", "table_markdown"]
+__all__ = ["points", "folder_name", "sweep", "train_history", "mean_curve", "step_seconds", "equal_time_epochs",
+           "run_curves", "measure_step", "SWEEP_METRICS", "TEST_METRICS", "CLAIMS", "verdict_metric",
+           "ablation_verdicts", "folder_verdicts", "verdicts_markdown", "table_markdown"]
 
 SWEEP_METRICS = ("val_dice", "epe", "fold_fraction", "fold_fraction_brain", "sdlogj", "val_unsup_loss")
 # Costs per point. Not memory: on a CPU `peak_memory_mb` is the whole process's peak, so in a sweep it depends on
@@ -36,6 +40,46 @@ COSTS = ("sec_per_step_network", "sec_per_step_inner", "guided_share")
 # With `test_pairs`: each run's best-validation checkpoint scored on the test split (`evaluate.score_run`)
 SCORED_TEST = ("dice", "fold_fraction", "fold_fraction_brain", "sdlogj", "epe")
 TEST_METRICS = tuple(f"test_{m}" for m in SCORED_TEST)
+
+
+def train_history(cfg: dict, folder, resume: bool = True, callbacks=()) -> list:
+    """Train one run in `folder` (resuming an unfinished one, reusing a finished one); return its history.
+
+    The one way the runner (`sweep`, hence compare and the study) and `ofg_lib.converge` get a run. A run in
+    `folder` is reused or resumed only when its whole stored config equals `cfg` (epochs included;
+    `ofg_lib.train.RUNTIME` keys aside); otherwise this refuses, naming the folder and the differing keys.
+    `resume=False` refuses a folder that holds any run.
+    """
+    from .train import run
+    run(cfg, out=folder, resume="auto" if resume else False, callbacks=callbacks, exact=True)
+    return load_checkpoint(Path(folder) / "checkpoint.pt")["history"]
+
+
+def mean_curve(histories, metric: str = "val_dice"):
+    """(steps, mean, std) over runs of a validation metric along training (the learning-curve figures)."""
+    runs = [[r for r in h if r.get(metric) is not None] for h in histories]
+    n = min(len(h) for h in runs)
+    steps = np.array([r["step"] for r in runs[0][:n]])
+    vals = np.array([[r[metric] for r in h[:n]] for h in runs], dtype=float)
+    return steps, vals.mean(0), vals.std(0)
+
+
+def step_seconds(histories) -> float:
+    """Training seconds per step (network + inner optimizer) of a set of runs: the median over all their epochs.
+
+    The median, not the mean: on a shared machine a few epochs are slowed by other work, and a mean would hand
+    the equal-time comparison a budget that depends on what else ran at the time.
+    """
+    return float(np.median([h["sec_per_step_network"] + h["sec_per_step_inner"] for hist in histories for h in hist]))
+
+
+def equal_time_epochs(epochs: int, runs: dict) -> tuple[dict, dict]:
+    """Equal wall time: ({strategy: seconds per step}, {strategy: epochs it gets}) from {strategy: its runs'
+    histories}. The slowest strategy keeps `epochs`; a faster one gets `epochs` x (slowest / its seconds per step),
+    rounded down (`step_seconds`), and never fewer than `epochs`."""
+    per_step = {s: step_seconds(h) for s, h in runs.items()}
+    slow = max(per_step, key=per_step.get)
+    return per_step, {s: max(epochs, math.floor(epochs * per_step[slow] / per_step[s])) for s in runs}
 
 
 def points(grid) -> list[dict]:
@@ -60,49 +104,63 @@ def folder_name(overrides: dict) -> str:
     return re.sub(r"[^A-Za-z0-9=,._+-]", "_", text)
 
 
+def _layout(layout, name: str, seed: int) -> str:
+    return layout(name, seed) if callable(layout) else layout.format(name=name, seed=seed)
+
+
 def sweep(base: dict, grid, seeds=(0, 1, 2), out="results/sweep", reference: dict | None = None,
-          last_k: int = 3, callbacks=(), log=print, name: str = "sweep", test_pairs: int = 0) -> dict:
-    """Run every point of `grid` (and the reference) for every seed; return and write NAME.json and NAME.csv.
+          last_k: int = 3, callbacks=(), log=print, name: str | None = "sweep", test_pairs: int = 0,
+          layout="{name}/seed{seed}", metrics=SWEEP_METRICS, histories: dict | None = None,
+          resume: bool = True) -> dict:
+    """Run every point of `grid` (and the reference) for every seed; return the table and write NAME.json and
+    NAME.csv (`name=None`: write nothing, e.g. a stage of a study, which writes its own).
 
     `reference`: overrides of `base` for the run every point is compared with (default: none, i.e. `base`).
     Sweeps that share `out` and `reference` share their runs (a point run once serves every table it is in). A
-    point given as a dict may carry `"_name"`: its folder's name (e.g. when an override is a long path).
-    Returns {"rows": [...], "reference": ..., "seeds": ...}; each row has the point's overrides, per metric the
-    mean and std over seeds, the paired difference to the reference (mean, std, per seed), and the costs
-    (seconds per step of network and optimizer: medians over epochs; the share of guided steps: its mean).
-    Metrics in SWEEP_METRICS are the mean of a run's last `last_k` validations. With `test_pairs` > 0 each run's
-    best-validation checkpoint is also scored on that many pairs of the test split (`evaluate.score_run`, cached
-    beside the run): the metrics in TEST_METRICS, the score that keeps selection and reporting apart (issue 19).
-    Spreads (`std`, `difference_std`) are sample standard deviations (ddof 1; 0 with one seed).
-    The reference's folder is `reference`, or `reference-<its overrides>` when it has any.
+    point (or the reference) given as a dict may carry `"_name"`: its name and folder (e.g. when an override is a
+    long path, or to keep an existing layout: compare's `ofg`, a study's `today/ofg`). `layout`: a run's folder
+    under `out`, a format string of `name` and `seed` or a function (name, seed) -> path.
+    Returns {"rows": [...], "reference": ..., "seeds": ...}; each row has the point's name and overrides, per metric
+    the paired record of `ofg_lib.stats.paired` (mean and std over seeds of the point and of the reference, the
+    difference point - reference per seed, its mean, std, 95 % t interval and sign count), and the costs (seconds
+    per step of network and optimizer: medians over epochs; the share of guided steps: its mean).
+    `metrics` (default SWEEP_METRICS) are the mean of a run's last `last_k` validations. With `test_pairs` > 0
+    each run's best-validation checkpoint is also scored on that many pairs of the test split
+    (`evaluate.score_run`, cached beside the run): the metrics in TEST_METRICS, the score that keeps selection and
+    reporting apart (issue 19). Spreads are sample standard deviations (ddof 1; 0 with one seed).
+    The reference's default name is `reference`, or `reference-<its overrides>` when it has any. `histories`: a
+    dict to fill with every run's history, keyed by (name, seed) (learning curves). `resume=False` refuses a
+    folder that already holds a run (`train_history`).
     """
     out, seeds = Path(out), list(seeds)
     reference = dict(reference or {})
-    runs = {}
+    runs = {} if histories is None else histories
 
-    def train(overrides):
+    def train(overrides, is_reference=False):
         overrides = dict(overrides)
-        name = overrides.pop("_name", None) or folder_name(overrides)
+        point = overrides.pop("_name", None) or (
+            "reference" + (f"-{folder_name(overrides)}" if overrides else "") if is_reference
+            else folder_name(overrides))
         for seed in seeds:
-            if (name, seed) not in runs:
-                log(f"[sweep] {name} seed {seed}")
-                cfg = {**base, **(reference if name.startswith("reference") else {}), **overrides, "seed": seed}
-                runs[(name, seed)] = train_history(cfg, out / name / f"seed{seed}", callbacks=callbacks)
-        return name
+            if (point, seed) not in runs:
+                log(f"[sweep] {point} seed {seed}")
+                runs[(point, seed)] = train_history({**base, **overrides, "seed": seed},
+                                                    out / _layout(layout, point, seed), resume, callbacks)
+        return point
 
-    ref_name = train({"_name": "reference" + (f"-{folder_name(reference)}" if reference else "")})
+    ref_name = train(reference, is_reference=True)
     rows = []
     for overrides in points(grid):
         point = train(overrides)
         row = {"point": point, "overrides": {k: v for k, v in overrides.items() if k != "_name"}}
-        scores = {(key, s): last_k_mean(runs[(key, s)], math.inf, last_k, SWEEP_METRICS)   # last validations
+        scores = {(key, s): last_k_mean(runs[(key, s)], math.inf, last_k, metrics)   # last validations
                   for key in (point, ref_name) for s in seeds}
         if test_pairs:
             for key in (point, ref_name):
                 for s in seeds:
-                    t = score_run(out / key / f"seed{s}", "test", test_pairs, "best")
+                    t = score_run(out / _layout(layout, key, s), "test", test_pairs, "best")
                     scores[(key, s)].update({f"test_{m}": t[m] for m in SCORED_TEST})
-        for m in SWEEP_METRICS + (TEST_METRICS if test_pairs else ()):
+        for m in tuple(metrics) + (TEST_METRICS if test_pairs else ()):
             mine = [scores[(point, s)][m] for s in seeds]
             ref = [scores[(ref_name, s)][m] for s in seeds]
             if any(v is None for v in mine + ref):
@@ -112,29 +170,60 @@ def sweep(base: dict, grid, seeds=(0, 1, 2), out="results/sweep", reference: dic
             vals = [r.get(c) for s in seeds for r in runs[(point, s)] if r.get(c) is not None]
             row[c] = (float(np.mean(vals)) if c == "guided_share" else float(np.median(vals))) if vals else None
         rows.append(row)
-    result = {"reference": reference, "seeds": seeds, "last_k": last_k, "test_pairs": test_pairs, "base": base,
-              "ddof": 1, "rows": rows}
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / f"{name}.json", result)
-    atomic_write(out / f"{name}.csv", _csv(rows))
+    result = {"reference": {k: v for k, v in reference.items() if k != "_name"}, "reference_name": ref_name,
+              "seeds": seeds, "last_k": last_k, "test_pairs": test_pairs, "base": base, "ddof": 1, "rows": rows}
+    if name is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / f"{name}.json", result)
+        atomic_write(out / f"{name}.csv", _csv(rows))
     return result
 
 
-NAMES = {"val_dice": "Dice", "epe": "EPE", "fold_fraction_brain": "folds % brain", "val_unsup_loss": "unsup. loss",
-         "test_dice": "test Dice", "test_epe": "test EPE", "test_fold_fraction_brain": "test folds % brain"}
+NAMES = {"val_dice": "Dice", "dice": "Dice", "epe": "EPE", "fold_fraction": "folds % all",
+         "fold_fraction_brain": "folds % brain", "sdlogj": "SDlogJ", "val_unsup_loss": "unsup. loss",
+         "test_dice": "test Dice", "test_epe": "test EPE", "test_fold_fraction": "test folds % all",
+         "test_fold_fraction_brain": "test folds % brain", "test_sdlogj": "test SDlogJ"}
 
 
-def table_markdown(result: dict, columns=None) -> str:
-    """A sweep's rows as Markdown: each metric's mean ± std (ddof 1) over seeds and its paired difference to the
-    reference (full OFG in notebook 09), the optimizer's seconds per step and the guided share. Default columns:
-    Dice, EPE and folds of the test split's best checkpoints when the sweep scored them (`test_pairs`), else of the
-    last validations. Folds are shown in percent."""
+def table_markdown(result, columns=None, versus: str = "reference", long: bool = False, label: str = "point",
+                   extra=()) -> str:
+    """The project's one table renderer: rows of the runner's schema (`sweep`; compare's and the study's rows are
+    sweep rows) as Markdown. Folds are shown in percent; spreads are ddof 1.
+
+    `result`: a sweep result or a list of its rows. `versus`: what the reference is called (notebook 09: "OFG",
+    the study: "unsupervised"). Default columns: Dice, EPE and folds of the test split's best checkpoints when the
+    sweep scored them (`test_pairs`), else of the last validations.
+    - wide (default, notebook 09): one line per point; per column the point's mean ± std and its paired difference
+      to the reference, then the optimizer's seconds per step and the guided share.
+    - `long=True` (compare, the study): one line per point and metric: the reference's and the point's mean ± std,
+      the paired difference with each seed's, its 95 % t interval and how many seeds are above / below.
+    `extra`: row keys shown first (e.g. the study's `tag` and `comparison`); `label`: the point column's title.
+    """
+    rows = result["rows"] if isinstance(result, dict) else list(result)
     if columns is None:
-        columns = (("test_dice", "test_epe", "test_fold_fraction_brain") if result.get("test_pairs")
+        scored_test = result.get("test_pairs") if isinstance(result, dict) else any("test_dice" in r for r in rows)
+        columns = (("test_dice", "test_epe", "test_fold_fraction_brain") if scored_test
                    else ("val_dice", "epe", "fold_fraction_brain"))
-    head = "| point | " + " | ".join(f"{NAMES.get(c, c)} | vs OFG" for c in columns) + " | s/step opt. | guided |"
-    lines = [head, "|---" * (2 * len(columns) + 3) + "|"]
-    for r in result["rows"]:
+    first = "| " + "".join(f"{k} | " for k in extra) + f"{label} | "
+    if long:
+        lines = [first + f"metric | {versus} | this {label} | this {label} - {versus} (per seed) | 95 % CI | "
+                 "seeds above / below |", "|---" * (len(extra) + 7) + "|"]
+        for r in rows:
+            for c in columns:
+                if c not in r:
+                    continue
+                k, v = (100 if "fold" in c else 1), r[c]
+                per = ", ".join(f"{k * d:+.4f}" for d in v["per_seed"])
+                ci = f"[{k * v['low']:+.4f}, {k * v['high']:+.4f}]" if v.get("low") is not None else "-"
+                lines.append("| " + "".join(f"{r.get(e, '')} | " for e in extra) + f"{r['point']} | "
+                             f"{NAMES.get(c, c)} | {k * v['reference']:.4f} ± {k * v['reference_std']:.4f} | "
+                             f"{k * v['mean']:.4f} ± {k * v['std']:.4f} | "
+                             f"{k * v['difference']:+.4f} ± {k * v['difference_std']:.4f} ({per}) | {ci} | "
+                             f"{v['ahead']} / {v['behind']} |")
+        return "\n".join(lines) + "\n"
+    head = first + " | ".join(f"{NAMES.get(c, c)} | vs {versus}" for c in columns) + " | s/step opt. | guided |"
+    lines = [head, "|---" * (len(extra) + 2 * len(columns) + 3) + "|"]
+    for r in rows:
         cells = []
         for c in columns:
             k = 100 if "fold" in c else 1
@@ -143,14 +232,15 @@ def table_markdown(result: dict, columns=None) -> str:
                       f"{k * v['difference']:+.4f} ± {k * v['difference_std']:.4f}"]
         opt = "-" if r.get("sec_per_step_inner") is None else f"{r['sec_per_step_inner']:.4f}"
         share = "-" if r.get("guided_share") is None else f"{r['guided_share']:.2f}"
-        lines.append(f"| {r['point']} | " + " | ".join(cells) + f" | {opt} | {share} |")
+        lines.append("| " + "".join(f"{r.get(e, '')} | " for e in extra) + f"{r['point']} | " + " | ".join(cells)
+                     + f" | {opt} | {share} |")
     return "\n".join(lines) + "\n"
 
 
-def run_curves(out, point: str, seeds, metric: str = "val_dice"):
+def run_curves(out, point: str, seeds, metric: str = "val_dice", layout="{name}/seed{seed}"):
     """(steps, mean, std) over seeds of a validation metric along the runs of one point of a sweep folder."""
-    return mean_curve([load_checkpoint(Path(out) / point / f"seed{s}" / "checkpoint.pt")["history"] for s in seeds],
-                      metric)
+    return mean_curve([load_checkpoint(Path(out) / _layout(layout, point, s) / "checkpoint.pt")["history"]
+                       for s in seeds], metric)
 
 
 def _csv(rows) -> str:
@@ -158,9 +248,8 @@ def _csv(rows) -> str:
     w = csv.writer(buf)
     w.writerow(["point", "metric", "mean", "std", "reference", "difference", "difference_std", "per_seed", *COSTS])
     for r in rows:
-        for m in SWEEP_METRICS + TEST_METRICS:
-            if m in r:
-                v = r[m]
+        for m, v in r.items():
+            if isinstance(v, dict) and "per_seed" in v:        # the paired records, in the row's metric order
                 w.writerow([r["point"], m, v["mean"], v["std"], v["reference"], v["difference"], v["difference_std"],
                             " ".join(f"{x:.6g}" for x in v["per_seed"]), *(r[c] for c in COSTS)])
     return buf.getvalue()

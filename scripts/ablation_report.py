@@ -54,7 +54,7 @@ def tables_markdown(tables: dict, runs: Path) -> str:
     parts = []
     for name in [n for n in ORDER if n in tables] + sorted(set(tables) - set(ORDER)):
         t = tables[name]
-        parts.append(f"### {TITLES.get(name, name)} (`{name}`)\n\n" + table_markdown(t))
+        parts.append(f"### {TITLES.get(name, name)} (`{name}`)\n\n" + table_markdown(t, versus="OFG"))
         teachers = sorted({r["overrides"]["teacher"] for r in t["rows"] if r["overrides"].get("teacher")})
         for path in teachers:
             if t.get("test_pairs"):

@@ -3,25 +3,47 @@ import pytest
 import torch
 
 from ofg_lib import models
-from ofg_lib.compare import METRICS, markdown, paired
+from ofg_lib.compare import METRICS, markdown
+from ofg_lib.paths import load_checkpoint
 from ofg_lib.stats import last_k_mean
 from ofg_lib.data import Embedded
 from ofg_lib.evaluate import evaluate, load_model
 
 
-def test_paired_differences_are_per_seed():
-    scores = {"unsupervised/0": {"val_dice": 0.70, "fold_fraction": 0.01, "epe": 1.0},
-              "unsupervised/1": {"val_dice": 0.74, "fold_fraction": 0.02, "epe": 0.9},
-              "ofg/0": {"val_dice": 0.71, "fold_fraction": 0.0, "epe": 1.1},
-              "ofg/1": {"val_dice": 0.76, "fold_fraction": 0.0, "epe": 0.8}}
-    p = paired(scores, ("unsupervised", "ofg"), (0, 1))
-    assert p["val_dice"]["per_seed"] == pytest.approx([0.01, 0.02])
+def test_a_comparison_is_a_sweep_paired_by_seed_against_the_first_strategy():
+    """The table compare writes: rows of the runner's schema, the second strategy against the first."""
+    from ofg_lib.stats import paired
+    row = {"point": "ofg", "overrides": {"strategy": "ofg"}, "val_dice": paired([0.71, 0.76], [0.70, 0.74])}
+    p = row["val_dice"]
+    assert p["per_seed"] == pytest.approx([0.01, 0.02])
     # spreads are sample standard deviations (ddof 1): |a - b| / sqrt(2) for two seeds
-    assert p["val_dice"]["difference"] == pytest.approx((0.015, 0.01 / 2 ** 0.5))
-    assert p["val_dice"]["ofg"] == pytest.approx((0.735, 0.05 / 2 ** 0.5))
+    assert (p["difference"], p["difference_std"]) == pytest.approx((0.015, 0.01 / 2 ** 0.5))
+    assert (p["mean"], p["std"]) == pytest.approx((0.735, 0.05 / 2 ** 0.5))
     text = markdown({"strategies": ["unsupervised", "ofg"], "seeds": [0, 1], "last_k": 2,
-                     "paired": {"equal_steps": p}})
-    assert "| Dice | 0.7200 ± 0.0283 | 0.7350 ± 0.0354 | +0.0150 ± 0.0071 |" in text and "ddof 1" in text
+                     "equal_steps": {"rows": [row]}, "equal_time": None})
+    assert ("| ofg | Dice | 0.7200 ± 0.0283 | 0.7350 ± 0.0354 | +0.0150 ± 0.0071 (+0.0100, +0.0200) | "
+            "[-0.0485, +0.0785] | 2 / 0 |") in text and "ddof 1" in text and "equal time" not in text
+
+
+def test_compare_trains_the_faster_strategy_to_the_slower_ones_time(tmp_path, monkeypatch):
+    """Equal time: unsupervised (2.5x faster per step here) is trained again for floor(2 x 2.5) = 5 epochs in its
+    own folder, and the equal-time row pairs OFG's run with that longer run, seed by seed."""
+    from ofg_lib import compare, sweep
+    monkeypatch.setenv("OFG_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setattr(sweep, "step_seconds", lambda hs: 2.5 if "mse" in hs[0][0] else 1.0)
+    base = {"model": "voxelmorph-1-tiny", "img_size": [32, 32], "epochs": 2, "steps_per_epoch": 2, "val_pairs": 2,
+            "progress": False}
+    r = compare.compare(base, seeds=[0, 1], out=tmp_path / "c", last_k=1)
+    assert r["equal_time_epochs"] == {"unsupervised": 5, "ofg": 2}
+    hist = {f.name: load_checkpoint(f / "checkpoint.pt")["history"] for f in (tmp_path / "c").iterdir() if f.is_dir()}
+    assert set(hist) == {"unsupervised-seed0", "unsupervised-seed1", "ofg-seed0", "ofg-seed1",
+                         "unsupervised-seed0-equal-time-5ep", "unsupervised-seed1-equal-time-5ep"}
+    for table, ref in (("equal_steps", "unsupervised-seed{}"), ("equal_time", "unsupervised-seed{}-equal-time-5ep")):
+        v = r[table]["rows"][0]["val_dice"]
+        assert v["per_seed"] == pytest.approx([hist[f"ofg-seed{s}"][-1]["val_dice"] - hist[ref.format(s)][-1]["val_dice"]
+                                               for s in (0, 1)])
+    assert len(hist["unsupervised-seed0-equal-time-5ep"]) == 5
+    assert "**equal time** (unsupervised 5 epochs, ofg 2 epochs)" in (tmp_path / "c" / "comparison.md").read_text()
 
 
 def test_score_averages_the_last_validations_up_to_an_epoch():

@@ -176,8 +176,8 @@ def test_run_converge_end_to_end(tmp_path):
     r = run_converge(spec, tmp_path / "c", log=lambda m: None)
     arm = r["arms"]["constant"]
     assert arm["seeds"] == [0, 1] and len(arm["points"]) == 4
-    assert set(arm["curves"]) == {"unsupervised", "ofg"} and len(arm["equal_steps"]["rows"]) == 1
-    dice = next(x for x in arm["test_best"] if x["metric"] == "dice")
+    assert set(arm["curves"]) == {"unsupervised", "ofg"} and set(arm["equal_steps"]["row"]) >= {"point", "dice"}
+    dice = arm["test_best"]["dice"]         # the runner's row: OFG against unsupervised, a paired record per metric
 
     def test_dice(folder):              # independently of score_run and its cache
         model, cfg = load_model(folder / "best.pt")
@@ -215,11 +215,11 @@ def test_run_converge_pairs_runs_that_stopped_at_different_steps(monkeypatch, tm
     assert len(arm["curve"]["step"]) == 16 and len(arm["curves"]["ofg"]["step"]) == 48
     assert arm["curve"]["difference"] == pytest.approx([-0.05] * 16)
     assert arm["crossings"] == []
-    dice = next(x for x in arm["test_best"] if x["metric"] == "dice")
-    assert dice["difference_mean"] == pytest.approx(0.01) and dice["difference_ahead"] == 3
+    dice = arm["test_best"]["dice"]
+    assert dice["difference"] == pytest.approx(0.01) and dice["ahead"] == 3
     eq = arm["equal_steps"]
     assert eq["steps"] == [4000] * 3          # the unsupervised runs stopped at 16 x 250 steps
-    assert eq["rows"][0]["per_seed"] == pytest.approx([-0.05] * 3)   # best up to step 4000: 0.55+0.045 vs 0.6+0.045
+    assert eq["row"]["dice"]["per_seed"] == pytest.approx([-0.05] * 3)   # best up to step 4000: 0.55+0.045 vs 0.6+0.045
 
 
 def test_the_readme_blocks_are_the_computed_ones():
@@ -406,13 +406,13 @@ def test_a_run_counts_as_plateaued_only_when_its_summary_says_so_for_the_step_it
 
 def test_where_ofg_stands_reads_each_status_off_its_interval():
     from ofg_lib.converge import where_ofg_stands
-    from ofg_lib.stats import interval
+    from ofg_lib.stats import paired
 
     def arm(diffs, cut=()):
-        row = {"metric": "dice", **{f"difference_{k}": v for k, v in interval(diffs).items()}}
+        row = {"point": "ofg", "dice": paired(0.7 + np.array(diffs), [0.7] * len(diffs))}
         runs = {f"ofg/{i}": {"cut_short": f"ofg/{i}" in cut} for i in range(len(diffs))}
-        return {"seeds": list(range(len(diffs))), "test_best": [row], "runs": runs, "overrides": {"lr": 3e-4},
-                "equal_steps": {"steps": [100] * len(diffs), "rows": [row]}}
+        return {"seeds": list(range(len(diffs))), "test_best": row, "runs": runs, "overrides": {"lr": 3e-4},
+                "equal_steps": {"steps": [100] * len(diffs), "row": row}}
     conv = {"spec": {"setting": "realistic", "base": {"img_size": [96, 112]}},
             "arms": {"up": arm([0.03, 0.02, 0.04]), "down": arm([-0.03, -0.02, -0.04]), "flat": arm([0.05, -0.04, 0.01])}}
     par = {"spec": {"arm": "up", "seeds": [0, 1, 2]}, "summary": [{"label": "unsupervised, unsup_reg 1"}, {"label": "unsupervised, unsup_reg 2"},

@@ -31,18 +31,19 @@ def test_every_stage_runs_and_is_tabulated(done):
     assert {("today", "equal steps"), ("subject", "equal steps"), ("today-inner_steps_1", "equal steps, OFG inner_steps_1"),
             ("today-paper_lr", "equal steps, both paper_lr"), ("today-1ep", "equal steps")} <= tags
     assert any(c == "equal steps, 3-D" for _, c in tags)
-    for r in result["rows"]:
-        assert len(r["per_seed"]) == (1 if r["comparison"].endswith("3-D") else 2)
-        assert r["difference"] == pytest.approx(float(np.mean(r["per_seed"])))
+    for r in result["rows"]:                     # the runner's rows: one per stage, a paired record per metric
+        for m in ("val_dice", "epe", "sdlogj"):
+            assert len(r[m]["per_seed"]) == (1 if r["comparison"].endswith("3-D") else 2)
+            assert r[m]["difference"] == pytest.approx(float(np.mean(r[m]["per_seed"])))
+            assert r[m]["difference"] == pytest.approx(r[m]["mean"] - r[m]["reference"])
     saved = json.loads((out / "study.json").read_text())
-    assert len(saved["rows"]) == len(result["rows"])
-    assert "| today | equal steps | Dice |" in (out / "study.md").read_text()
+    assert len(saved["rows"]) == len(result["rows"]) == len(tags)
+    assert "| equal steps | today/ofg | Dice |" in (out / "study.md").read_text()
 
 
 def test_paired_differences_are_ofg_minus_unsupervised_of_the_same_seed(done):
     out, result = done
-    row = next(r for r in result["rows"] if r["tag"] == "today" and r["comparison"] == "equal steps"
-               and r["metric"] == "val_dice")
+    row = next(r for r in result["rows"] if r["tag"] == "today" and r["comparison"] == "equal steps")["val_dice"]
     for i, seed in enumerate(SPEC["seeds"]):
         dice = {s: load_checkpoint(out / "today" / f"{s}-seed{seed}" / "checkpoint.pt")["history"][-1]["val_dice"]
                 for s in ("unsupervised", "ofg")}
@@ -50,27 +51,29 @@ def test_paired_differences_are_ofg_minus_unsupervised_of_the_same_seed(done):
 
 
 def test_equal_time_runs_unsupervised_for_ofgs_time(tmp_path, monkeypatch):
+    from ofg_lib import sweep
     monkeypatch.setenv("OFG_DATA_DIR", str(tmp_path / "data"))
     # OFG 2.5 times slower per step: unsupervised gets floor(2 epochs x 2.5) = 5 epochs
-    monkeypatch.setattr(study, "step_seconds", lambda hs: 2.5 if "mse" in hs[0][0] else 1.0)
+    monkeypatch.setattr(sweep, "step_seconds", lambda hs: 2.5 if "mse" in hs[0][0] else 1.0)
     spec = {**SPEC, "settings": ["today"], "seeds": [0], "variants": {}, "both_variants": {}, "budgets": [],
             "confirm_3d": None}
     result = study.run_study(spec, tmp_path / "out", log=lambda *a: None)
-    row = next(r for r in result["rows"] if r["comparison"] == "equal time" and r["metric"] == "val_dice")
+    row = next(r for r in result["rows"] if r["comparison"] == "equal time")
     assert row["unsupervised_epochs"] == 5 and row["epochs"] == 2
+    row = row["val_dice"]
     state = load_checkpoint(tmp_path / "out" / "today-equal-time-5ep" / "unsupervised-seed0" / "checkpoint.pt")
     assert state["epoch"] == 5 and state["config"]["epochs"] == 5
     assert row["per_seed"][0] == pytest.approx(result["histories"]["today/ofg/0"][-1]["val_dice"]
                                                - state["history"][-1]["val_dice"])
-    monkeypatch.setattr(study, "step_seconds", lambda hs: 1.0)             # OFG not slower: no extra runs
+    monkeypatch.setattr(sweep, "step_seconds", lambda hs: 1.0)             # OFG not slower: no extra runs
     again = study.run_study(spec, tmp_path / "out2", log=lambda *a: None)
     assert not [r for r in again["rows"] if r["comparison"] == "equal time"]
 
 
 def test_the_3d_confirmation_takes_the_best_or_the_hardest_setting(done):
     _, result = done
-    gains = {r["setting"]: r["difference"] for r in result["rows"] if r["metric"] == "val_dice"
-             and r["comparison"] == "equal steps" and r["tag"] == r["setting"]}
+    gains = {r["setting"]: r["val_dice"]["difference"] for r in result["rows"]
+             if r["comparison"] == "equal steps" and r["tag"] == r["setting"]}
     c = result["confirm_3d"]
     if max(gains.values()) > 0:
         assert c["setting"] == max(gains, key=gains.get)
@@ -84,7 +87,7 @@ def test_a_second_call_reuses_every_run(done):
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("checkpoint.pt")}
     again = study.run_study(SPEC, out, log=lambda *a: None)
     assert {p: p.stat().st_mtime_ns for p in out.rglob("checkpoint.pt")} == stamps
-    assert [r["per_seed"] for r in again["rows"]] == [r["per_seed"] for r in result["rows"]]
+    assert [r["val_dice"]["per_seed"] for r in again["rows"]] == [r["val_dice"]["per_seed"] for r in result["rows"]]
 
 
 def test_report_thins_the_curves_and_keeps_the_table(done, tmp_path):
@@ -97,12 +100,12 @@ def test_report_thins_the_curves_and_keeps_the_table(done, tmp_path):
     assert "1.5 h on 2 test cores" in (tmp_path / "study.md").read_text()
 
 
-def _row(tag, unsup, ofg, epochs, std=0.0, comparison="equal steps", metric="val_dice"):
-    per = [o - u for u, o in zip(unsup, ofg)]
-    return {"tag": tag, "setting": "today", "comparison": comparison, "metric": metric,
-            "unsupervised": float(np.mean(unsup)), "unsupervised_std": std, "ofg": float(np.mean(ofg)),
-            "ofg_std": std, "difference": float(np.mean(per)), "difference_std": float(np.std(per)),
-            "per_seed": per, "epochs": epochs}
+def _row(tag, unsup, ofg, epochs, comparison="equal steps", epe=None):
+    """A study row as the runner writes it: Dice (and EPE) as paired records, OFG against unsupervised."""
+    from ofg_lib.stats import paired
+    return {"tag": tag, "setting": "today", "comparison": comparison, "epochs": epochs, "point": f"{tag}/ofg",
+            "overrides": {"strategy": "ofg"}, "val_dice": paired(ofg, unsup),
+            **({"epe": paired(epe[1], epe[0])} if epe else {})}
 
 
 def test_plateau_rule():
@@ -117,8 +120,8 @@ def test_plateau_rule():
 
 
 def test_conclusion_is_built_from_the_rows():
-    rows = [_row("today", [0.80, 0.81], [0.82, 0.83], 24), _row("large", [0.6, 0.6], [0.59, 0.61], 24),
-            _row("today", [1.0, 1.0], [0.9, 0.8], 24, metric="epe")]
+    rows = [_row("today", [0.80, 0.81], [0.82, 0.83], 24, epe=([1.0, 1.0], [0.9, 0.8])),
+            _row("large", [0.6, 0.6], [0.59, 0.61], 24)]
     text = study.conclusion({"rows": rows})
     assert "OFG is ahead in every seed in 1 of 2 comparisons" in text
     assert "**today, equal steps** (+0.0200 Dice)" in text
@@ -152,3 +155,29 @@ def test_spec_from_the_notebook_parameters():
     spec = study.spec_from_params({"img_size": [64, 80], "epochs": 3, "steps_per_epoch": 4, "settings": ["today"],
                                    "seeds": [0], "variants": None, "confirm_3d": None})
     assert spec["base"]["img_size"] == [64, 80] and spec["variants"] == {} and spec["budgets"] == []
+
+
+def test_a_first_schema_report_converts_to_the_runners_rows():
+    """scripts/migrate_study_report.py: old rows (one per metric, ddof-0 spreads) become one runner row per stage;
+    every number follows from the stored ones (spreads rescaled to ddof 1, the interval from the per-seed values)."""
+    import importlib.util
+
+    from ofg_lib.paths import REPO
+    from ofg_lib.stats import paired
+    spec = importlib.util.spec_from_file_location("migrate", REPO / "scripts" / "migrate_study_report.py")
+    migrate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(migrate)
+    unsup, ofg = [0.80, 0.83, 0.81], [0.79, 0.84, 0.78]
+    old = [{"tag": "today", "setting": "today", "comparison": "equal steps", "metric": m, "epochs": 24,
+            "unsupervised": float(np.mean(unsup)), "unsupervised_std": float(np.std(unsup)),
+            "ofg": float(np.mean(ofg)), "ofg_std": float(np.std(ofg)),
+            "difference": float(np.mean(np.subtract(ofg, unsup))), "difference_std": float(np.std(np.subtract(ofg, unsup))),
+            "per_seed": np.subtract(ofg, unsup).tolist()} for m in ("val_dice", "epe")]
+    new = migrate.convert({"rows": old, "settings": {}})
+    assert len(new["rows"]) == 1 and new["rows"][0]["epochs"] == 24 and "migrated" in new
+    want = paired(ofg, unsup)
+    for m in ("val_dice", "epe"):
+        got = new["rows"][0][m]
+        assert set(got) == set(want)
+        for k, v in want.items():
+            assert got[k] == (pytest.approx(v) if not isinstance(v, bool) else v), k

@@ -140,9 +140,18 @@ def test_table_markdown_shows_the_score_the_sweep_used():
     row = {"point": "ofg_every=2", "sec_per_step_inner": 0.0123, "guided_share": 0.5,
            **{m: paired([0.70, 0.72], [0.71, 0.74]) for m in ("val_dice", "epe", "fold_fraction_brain")},
            **{m: paired([0.60, 0.64], [0.62, 0.65]) for m in ("test_dice", "test_epe", "test_fold_fraction_brain")}}
-    plain = table_markdown({"rows": [row]})
+    assert "| point | Dice | vs reference | EPE |" in table_markdown({"rows": [row]})
+    plain = table_markdown({"rows": [row]}, versus="OFG")
     assert "| point | Dice | vs OFG | EPE |" in plain and "test Dice" not in plain
     assert "| ofg_every=2 | 0.7100 ± 0.0141 | -0.0150 ± 0.0071 |" in plain and "| 0.0123 | 0.50 |" in plain
-    tested = table_markdown({"rows": [row], "test_pairs": 40})
+    tested = table_markdown({"rows": [row], "test_pairs": 40}, versus="OFG")
     assert "| point | test Dice | vs OFG |" in tested and "| ofg_every=2 | 0.6200 ± 0.0283 | -0.0150 ± 0.0071 |" in tested
     assert "| 62.0000 ± 2.8284 |" in tested          # folds in percent
+    # the long layout (compare, the study): one line per metric, both means, per-seed differences, interval, signs
+    long = table_markdown([row], columns=("val_dice",), versus="unsupervised", long=True, label="run",
+                          extra=("comparison",))
+    assert long.splitlines()[0] == ("| comparison | run | metric | unsupervised | this run | this run - unsupervised "
+                                    "(per seed) | 95 % CI | seeds above / below |")
+    assert long.splitlines()[1].count("---") == 8
+    assert ("|  | ofg_every=2 | Dice | 0.7250 ± 0.0212 | 0.7100 ± 0.0141 | -0.0150 ± 0.0071 (-0.0100, -0.0200) | "
+            "[-0.0785, +0.0485] | 0 / 2 |") in long
