@@ -11,7 +11,8 @@
 # VoxelMorph-1 at 48x64x64 for 300 steps, three seeds, both strategies, plus the equal-time runs: about 25
 # minutes on 2 CPU cores the first time (26 min measured), seconds once the runs exist. The `gpu` profile
 # trains at 160x192x224 on one GPU.
-# Code: `ofg_lib/strategies.py` (how a step makes its loss), `ofg_lib/train.py` (Trainer), `ofg_lib/compare.py`.
+# Code: `ofg_lib/strategies.py` (how a step makes its loss), `ofg_lib/train.py` (Trainer), `ofg_lib/config.py`
+# (the keys), `ofg_lib/guidance.py` (pseudo labels), `ofg_lib/compare.py`.
 
 # %% tags=["parameters"]
 model = "voxelmorph-1-tiny"  # a name of ofg_lib.models.names()

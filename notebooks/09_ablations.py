@@ -14,8 +14,8 @@
 # `make reproduce PROFILE=ablations_realistic` reruns them where OFG does lead (the realistic cohort, constant lrs,
 # trained to a plateau, scored by each run's best checkpoint on the test split; `reports/ablations_realistic/`).
 # No GPU is needed; with one, every run uses it (`device: auto`) and memory is torch's peak allocation.
-# Code: `ofg_lib/sweep.py` (the runner), `ofg_lib/train.py` (`ofg_every`, `ofg_prob`, `warmup_strategy`,
-# `optimizer_design`), `ofg_lib/strategies.py`.
+# Code: `ofg_lib/sweep.py` (the runner), `ofg_lib/guidance.py` (`ofg_every`, `ofg_prob`, `warmup_strategy`,
+# `optimizer_design`: the guidance schedule and the pseudo-label makers), `ofg_lib/strategies.py`.
 
 # %% tags=["parameters"]
 run_dir = "results/ci/09_ablations"  # where the runs go (relative to the checkout); finished runs are reused

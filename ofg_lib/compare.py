@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .config import load_config
 from .evaluate import load_run
 from .paths import atomic_write, write_json
 from .sweep import equal_time_epochs, mean_curve, step_seconds, sweep, table_markdown, train_history  # noqa: F401
@@ -52,7 +53,6 @@ def compare(base: dict, strategies=("unsupervised", "ofg"), seeds=(0, 1, 2), out
               "equal_steps": sweep(base, [{"_name": s, "strategy": s} for s in others],
                                    reference={"_name": first, "strategy": first}, **run)}
     if equal_time:
-        from .train import load_config
         epochs = load_config(base).epochs
         per_step, longer = equal_time_epochs(epochs, {s: [hist[(s, seed)] for seed in seeds] for s in strategies})
         # the faster strategies keep training to the slowest one's time (their schedules stretch over the longer run)

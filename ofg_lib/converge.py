@@ -28,7 +28,8 @@ import numpy as np
 
 from .sweep import table_markdown, train_history
 from .evaluate import score_run
-from .paths import atomic_write, resolve, write_json
+from .config import RUNTIME, TrainConfig, config_differences, load_config
+from .paths import atomic_write, load_checkpoint, resolve, write_json
 from .stats import last_k_mean, paired
 
 __all__ = ["paired_row", "crossings", "seed_curves", "run_converge", "run_pareto", "pareto_markdown", "pareto_figure",
@@ -93,7 +94,6 @@ def stored_history(cfg: dict, folder) -> list | None:
 
     A folder without checkpoints (the logs a GPU session sent back: config.json, log.csv, summary.json and the
     score caches, see scripts/converge_parallel.py) is read from config.json and log.csv."""
-    from .train import RUNTIME, config_differences, load_checkpoint, load_config
     folder = Path(folder)
     path = folder / "checkpoint.pt"
     if path.exists():
@@ -258,7 +258,6 @@ def run_converge(spec: dict, out, log=print, train: bool = True) -> dict:
 def _label(cfg: dict) -> str:
     """A Pareto point's label: the strategy and the smoothness weight of its loss (the config's, else the
     trainer's default)."""
-    from .train import TrainConfig
     default = TrainConfig()
     if cfg["strategy"] == "unsupervised":
         return f"unsupervised, unsup_reg {cfg.get('unsup_reg', default.unsup_reg):g}"
@@ -445,7 +444,6 @@ def where_ofg_stands(converge: dict, pareto: dict | None = None, converge3d: dic
 
     def regime(result, arm):
         """Model, data, schedules and budget of an arm, from its spec (what the line's conclusion holds under)."""
-        from .train import TrainConfig
         c = {**result["spec"]["base"], **result["arms"][arm]["overrides"]}
         get = lambda k: c.get(k, getattr(TrainConfig(), k))  # noqa: E731
         return (f"{get('model')}, embedded `{result['spec']['setting']}` cohort at "

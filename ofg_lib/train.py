@@ -23,16 +23,13 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import functools
 import io
 import json
 import math
 import os
-import re
 import sys
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,12 +38,13 @@ import torch
 from . import (DeviceUnavailable, amp_available, fork_rng, distributed_backend, models, peak_memory_mb, rank_device, rng_state, seed_all,
                set_rng_state, synchronize)
 from . import data as datasets
+from . import guidance
 from . import device as resolve_device
 from .evaluate import evaluate
-from .metrics import ABSENT
-from .optimizer import OPTIMIZERS, cpu_kernels, refine_with_history
+from .optimizer import cpu_kernels
 from .paths import atomic_save, atomic_write, load_checkpoint, remove_partials, write_json
 from .progress import progress_bar
+from .config import CLI_FLAGS, RESUMABLE, RUNTIME, TrainConfig, config_differences, load_config  # noqa: F401
 from .runs import FolderBusyError, claim
 from .strategies import STRATEGIES, Step, strategy
 
@@ -54,285 +52,8 @@ __all__ = ["TrainConfig", "Trainer", "run", "STRATEGIES", "strategy", "load_conf
            "RUNTIME", "RUN_FILES", "CLI_FLAGS", "plateaued"]
 
 
-@dataclass
-class TrainConfig:
-    """Every key of a run, with its type and default. YAML files and notebook parameters use the same names.
-
-    Values are converted to the declared type when the config is built (`lr: 1e-4` in YAML is a string to
-    PyYAML and becomes the float 1e-4 here; an int key refuses 1.5; a bool key takes true or false only) and
-    their ranges are checked then, not at the first step.
-    """
-
-    model: str = "voxelmorph-1"          # a name of ofg_lib.models.names()
-    dataset: str = "embedded"            # embedded | ixi | oasis | lpba40
-    data_root: str | None = None         # folder of the real dataset (or OFG_IXI / OFG_OASIS / OFG_LPBA40)
-    subset: str | None = None            # "ofg": the OFG code's sample (IXI 200 train / 20 val, OASIS 200 train)
-    img_size: tuple = (80, 96, 112)      # embedded cohort size, 3 sides, or 2 for the 2-D track; real datasets set their own
-    embedded_rms: float | None = None    # RMS of the cohort's deformations in voxels (default: realistic for the size)
-    embedded_pairs: str = "atlas"        # atlas (atlas -> subject, the IXI setting) | subject (subject -> subject, OASIS)
-    embedded_contrast: float = 0.0       # per-subject tissue contrast strength (0: the atlas's contrast)
-    embedded_rms_jitter: float = 0.0     # each subject's RMS is embedded_rms * U(1 - j, 1 + j)
-    embedded_fine_rms: float = 0.0       # RMS (voxels) of a fine deformation component (a quarter the length scale)
-    embedded_supersample: int = 1        # make subjects on a k-times finer grid: moving and fixed equally sharp
-    data_seed: int = 0                   # the embedded cohort's seed: runs with other seeds train on the same data
-    lpba40_normalize: bool = True        # min-max normalise LPBA40 images (the published loader does not: false)
-    augment: str | None = None           # none | flip (default: flip for ixi and lpba40, as published; else none)
-    strategy: str = "ofg"                # ofg | unsupervised | self-training | optimized-self-training | mix
-    epochs: int = 10
-    schedule_epochs: int | None = None   # horizon of the poly schedules (network and inner lr); default: epochs
-    steps_per_epoch: int = 50            # training pairs per epoch (the published code: the whole split)
-    batch_size: int = 1
-    lr: float = 1e-4                     # network Adam lr (the paper: 1e-4), poly(0.9) decay over schedule_epochs
-    lr_schedule: str = "poly"            # poly | constant
-    ofg_reg: float = 0.02                # lambda of Eq. 3: smoothness weight of the OFG loss (and of mix, Eq. 7)
-    unsup_reg: float = 1.0               # smoothness weight of the unsupervised loss (the published baseline: 1)
-    inner_steps: int = 10                # instance-optimizer steps per training step (the paper: 10; 0: no refinement)
-    inner_lr: float = 0.1                # its Adam lr (the paper: 0.1)
-    inner_lr_schedule: str = "poly"      # poly (as published: decays with the network's) | constant
-    inner_reg: float = 1.0               # smoothness weight inside the optimizer's energy (the paper: 1)
-    inner_optimizer: str = "adam"        # adam | sgd
-    optimizer_design: str = "instance"   # instance (OFG's) | downsample | optimizer-network (Sec. 4.6, Tables 3, 4) | network
-    inner_downsample: int = 2            # downsample design: the field is optimised at 1/k resolution
-    inner_coarse_energy: bool = False    # downsample design: evaluate the energy at 1/k too (fast; false: full res)
-    network_passes: int = 1              # network designs: passes of the optimizer network per epoch ("VoxelMorph-n")
-    ofg_every: int = 1                   # epoch-interval guidance (Fig. 6): OFG on every k-th epoch, else unsupervised
-    ofg_prob: float = 1.0                # threshold-based guidance (Fig. 6): a step uses OFG when U(0, 1) < p
-    warmup_strategy: str | None = None   # another strategy for the first warmup_epochs epochs, then `strategy` (Fig. 7)
-    warmup_epochs: int = 0
-    alpha: float = 1.0                   # mix (Eq. 7): weight of L_sim
-    beta: float = 1.0                    # mix (Eq. 7): weight of L_opt (MSE to phi_opt)
-    teacher: str | None = None           # checkpoint of a trained model (self-training strategies)
-    teacher_steps: int = 100             # optimized self-training: optimizer steps on the teacher's field
-    two_way: bool | None = None          # a second optimizer step per pair, fixed->moving (default: oasis, as published)
-    val_pairs: int = 10                  # validation pairs (at most the split's size)
-    val_every: int = 1                   # validate every n epochs (and after the last)
-    plateau_tol: float | None = None     # stop early once the smoothed val Dice gains < tol over the last third
-    plateau_min_steps: int = 0           # ... but not before this many steps (see `plateaued`)
-    dice_absent: str = "skip"            # Dice of a label absent from both maps: skip | zero (published IXI, OASIS) | one
-    seed: int = 0                        # network initialisation, data order, augmentation, OASIS partners
-    device: str = "auto"                 # auto | cpu | cuda | cuda:N
-    amp: bool = False                    # bf16 autocast of the network on CUDA (logged; ignored on CPU)
-    num_workers: int = 0                 # DataLoader worker processes for the training pairs
-    threads: int = 0                     # torch CPU threads (0: torch's default)
-    progress: bool = True                # tqdm bars (quiet anyway under CI)
-
-    def __post_init__(self):
-        for f in dataclasses.fields(self):
-            setattr(self, f.name, _typed(f.name, f.type, getattr(self, f.name)))
-        _validate(self)
-
-    @property
-    def horizon(self) -> int:
-        """The length of the poly schedules in epochs: `schedule_epochs`, or the run's own `epochs`."""
-        return self.schedule_epochs or self.epochs
-
-    @property
-    def augment_mode(self) -> str:
-        return self.augment or ("flip" if self.dataset in ("ixi", "lpba40") else "none")
-
-
-# Keys that may differ when a run is resumed by hand (everything else must equal the stored config). `epochs`
-# extends a run (or shortens an unfinished one, never below the epochs done); with poly schedules and no
-# `schedule_epochs`, the remaining epochs then follow the new length, so an extended run equals no fresh run:
-# set schedule_epochs to extend along one schedule. The runners (`exact=True`) accept differences in RUNTIME only:
-# keys that change how fast a run goes or what it prints, not what it computes.
-# "optimizer-network" is the paper's network-based optimizer (a persistent network of its own, trained on the
-# optimizer's energy over the whole training split before each epoch); "network" is this project's earlier,
-# cheaper stand-in (a per-epoch copy of the main model trained on this epoch's pairs: its labels lag by
-# construction), kept so the committed ablation tables still name what they ran.
-DESIGNS = ("instance", "downsample", "optimizer-network", "network")
-RUNTIME = ("progress", "threads", "num_workers", "device")
-RESUMABLE = ("epochs", "val_every", *RUNTIME)
-CLI_FLAGS = ("out", "resume", "overwrite")       # arguments of run() and the CLI, not config keys
 ENERGY_RISE_TOL = 1e-4   # refinement "raised the energy" when it ends this much above where it started
-RENAMED = {"reg_weight": "ofg_reg (the 0.02 of Eq. 3; the optimizer's energy uses inner_reg, the unsupervised "
-                         "loss unsup_reg)",
-           "ixi_subset": "subset (it applies to OASIS too)"}
 RUN_FILES = ("checkpoint.pt", "best.pt", "config.json", "log.csv", "summary.json")
-
-
-def _typed(name: str, kind: str, value):
-    """`value` converted to the field's declared type (a string such as "float | None"), or a clear error."""
-    optional, base = kind.endswith("| None"), kind.split("|")[0].strip()
-    if value is None:
-        if optional:
-            return None
-        raise ValueError(f"{name} must be a {base}, got null")
-    if base == "bool":
-        if isinstance(value, str) and value.lower() in ("true", "false"):
-            return value.lower() == "true"
-        if not isinstance(value, bool):
-            raise ValueError(f"{name} must be true or false, got {value!r}")
-        return value
-    if base == "int":
-        if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
-            return int(value)
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{name} must be an integer, got {value!r}")
-        return value
-    if base == "float":
-        if isinstance(value, bool):
-            raise ValueError(f"{name} must be a number, got {value!r}")
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{name} must be a number, got {value!r}") from None
-    if base == "str":
-        if not isinstance(value, str):
-            raise ValueError(f"{name} must be a string, got {value!r}")
-        return value
-    if base == "tuple":
-        if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
-            raise ValueError(f"{name} must be a list such as [80, 96, 112], got {value!r}")
-        return tuple(_typed(f"{name} entry", "int", v) for v in value)
-    raise TypeError(f"{name}: no conversion for type {kind}")
-
-
-def _validate(cfg: TrainConfig) -> None:
-    def need(ok, key, what):
-        if not ok:
-            raise ValueError(f"{key} must be {what}, got {getattr(cfg, key)!r}")
-
-    need(cfg.strategy in STRATEGIES, "strategy", f"one of {', '.join(STRATEGIES)}")
-    need(re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", cfg.device) is not None, "device",
-         "auto, cpu, cuda or cuda:N (mps on a Mac)")
-    need(cfg.model in models.names(), "model", f"one of {', '.join(models.names())}")
-    need(cfg.dataset in datasets.DATASETS, "dataset", f"one of {', '.join(datasets.DATASETS)}")
-    for key in ("lr_schedule", "inner_lr_schedule"):
-        need(getattr(cfg, key) in ("poly", "constant"), key, "'poly' or 'constant'")
-    need(cfg.inner_optimizer in OPTIMIZERS, "inner_optimizer", f"one of {', '.join(OPTIMIZERS)}")
-    need(cfg.optimizer_design in DESIGNS, "optimizer_design", f"one of {', '.join(DESIGNS)}")
-    need(cfg.optimizer_design == "instance" or cfg.strategy == "ofg", "strategy",
-         "'ofg' when optimizer_design is not 'instance' (the designs are OFG's pseudo-label makers)")
-    need(1 <= cfg.inner_downsample <= 8, "inner_downsample", "an integer from 1 to 8")
-    need(cfg.network_passes >= 1, "network_passes", "at least 1")
-    need(cfg.ofg_every >= 1, "ofg_every", "at least 1")
-    need(0 <= cfg.ofg_prob <= 1, "ofg_prob", "in [0, 1]")
-    need((cfg.ofg_every == 1 and cfg.ofg_prob == 1) or cfg.strategy == "ofg", "strategy",
-         "'ofg' when ofg_every or ofg_prob schedule the guidance")
-    need(cfg.warmup_strategy in (None, *STRATEGIES), "warmup_strategy", f"null or one of {', '.join(STRATEGIES)}")
-    need(cfg.warmup_epochs >= 0 and (cfg.warmup_epochs == 0 or cfg.warmup_strategy), "warmup_epochs",
-         "0, or at least 1 with a warmup_strategy")
-    need(cfg.augment in (None, *datasets.AUGMENTS), "augment", f"one of {', '.join(datasets.AUGMENTS)} (or null)")
-    need(cfg.dice_absent in ABSENT, "dice_absent", f"one of {', '.join(ABSENT)}")
-    need(cfg.subset in (None, "ofg"), "subset", "null or 'ofg'")
-    need(cfg.subset is None or cfg.dataset in ("ixi", "oasis"), "subset", "null for this dataset (only ixi and "
-         "oasis have the OFG code's sample)")
-    need(len(cfg.img_size) in (2, 3) and min(cfg.img_size) >= 1, "img_size",
-         "three positive sides, e.g. [80, 96, 112], or two for the 2-D track, e.g. [160, 192]")
-    need(cfg.embedded_pairs in datasets.PAIRS, "embedded_pairs", f"one of {', '.join(datasets.PAIRS)}")
-    need(0 <= cfg.embedded_rms_jitter < 1, "embedded_rms_jitter", "in [0, 1)")
-    need(1 <= cfg.embedded_supersample <= 4, "embedded_supersample", "an integer from 1 to 4")
-    for key in ("embedded_contrast", "embedded_fine_rms"):
-        need(math.isfinite(getattr(cfg, key)) and getattr(cfg, key) >= 0, key, "a finite number >= 0")
-    need(cfg.plateau_tol is None or math.isfinite(cfg.plateau_tol), "plateau_tol", "null or a finite number")
-    for key in ("epochs", "steps_per_epoch", "batch_size", "val_pairs", "val_every"):
-        need(getattr(cfg, key) >= 1, key, "at least 1")
-    for key in ("inner_steps", "teacher_steps", "threads", "num_workers", "seed", "data_seed", "plateau_min_steps"):
-        need(getattr(cfg, key) >= 0, key, "at least 0")
-    need(cfg.schedule_epochs is None or cfg.schedule_epochs >= cfg.epochs, "schedule_epochs",
-         f"null or at least epochs ({cfg.epochs}): a run stops on its schedule, never past its end")
-    need(math.isfinite(cfg.lr) and cfg.lr > 0, "lr", "a finite number > 0")
-    for key in ("inner_lr", "ofg_reg", "unsup_reg", "inner_reg", "alpha", "beta"):
-        need(math.isfinite(getattr(cfg, key)) and getattr(cfg, key) >= 0, key, "a finite number >= 0")
-    need(cfg.embedded_rms is None or (math.isfinite(cfg.embedded_rms) and cfg.embedded_rms >= 0), "embedded_rms",
-         "null or a finite number >= 0")
-    for key in ("strategy", "warmup_strategy"):
-        if getattr(cfg, key) in ("self-training", "optimized-self-training") and not cfg.teacher:
-            raise ValueError(f"{key} {getattr(cfg, key)!r} needs teacher: the checkpoint of a trained model")
-
-
-def load_config(config=None, overrides=None) -> TrainConfig:
-    """A TrainConfig from a dict, a YAML file or a TrainConfig, plus `key=value` overrides; unknown keys are errors."""
-    import yaml
-    if isinstance(config, TrainConfig):
-        values = dataclasses.asdict(config)
-    elif config is None:
-        values = {}
-    elif isinstance(config, (str, Path)):
-        path = Path(config)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: config file not found")
-        values = _yaml(path.read_text(), str(path))
-        if values is None:
-            raise ValueError(f"{path}: the config file is empty (or holds only comments); write the keys to change, "
-                             "e.g. `epochs: 5`, or leave out --config to train with the defaults")
-        if not isinstance(values, dict):
-            raise ValueError(f"{path}: a config is a flat YAML mapping of key: value")
-        flags = sorted(set(values) & set(CLI_FLAGS))
-        if flags:
-            raise ValueError(f"{path}: {', '.join(flags)} are command-line flags (--{' --'.join(flags)}), not "
-                             "config keys")
-    else:
-        values = dict(config)
-    for item in overrides or []:
-        if "=" not in item:
-            raise ValueError(f"--set takes key=value, got {item!r}")
-        key, value = item.split("=", 1)
-        key = key.strip()
-        if key in CLI_FLAGS:
-            raise ValueError(f"--set {item}: {key} is a command-line flag, not a config key: use --{key}")
-        values[key] = _yaml(value, f"--set {item}")
-    renamed = [f"{k} is now {RENAMED[k]}" for k in values if k in RENAMED]
-    if renamed:
-        raise ValueError("renamed config key(s): " + "; ".join(renamed))
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(values) - known - {"out", "resume", "overwrite"})
-    if unknown:
-        raise ValueError(f"unknown config key(s): {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
-    return TrainConfig(**{k: v for k, v in values.items() if k in known})
-
-
-@functools.cache
-def _unique_key_loader():
-    """A yaml SafeLoader that refuses duplicate keys (PyYAML keeps the last one silently); built once."""
-    import yaml
-
-    class Loader(yaml.SafeLoader):
-        pass
-
-    def mapping(loader, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = loader.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r} (line {key_node.start_mark.line + 1})", key_node.start_mark)
-            seen.add(key)
-        return yaml.SafeLoader.construct_mapping(loader, node, deep)
-
-    Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
-    return Loader
-
-
-def _yaml(text: str, where: str):
-    """YAML text parsed with duplicate keys refused; a syntax error becomes a ValueError naming `where`."""
-    import yaml
-    try:
-        return yaml.load(text, Loader=_unique_key_loader())
-    except yaml.constructor.ConstructorError as e:
-        if (e.problem or "").startswith("duplicate key"):
-            raise ValueError(f"{where}: {e.problem}: give each key once") from None
-        raise ValueError(f"{where}: not valid YAML ({' '.join(str(e).split())[:300]})") from None
-    except yaml.YAMLError as e:
-        first = " ".join(str(e).split())[:300]
-        raise ValueError(f"{where}: not valid YAML ({first})") from None
-
-
-def config_differences(stored: dict, cfg: TrainConfig, ignore=RESUMABLE) -> list[str]:
-    """`key: stored -> requested` for every key (outside `ignore`) where a stored run's config differs.
-
-    A key the stored config lacks was added to TrainConfig after the run; its default reproduces the behaviour
-    the run had, so it counts as stored with its default value.
-    """
-    want = json.loads(json.dumps(dataclasses.asdict(cfg)))
-    defaults = json.loads(json.dumps(dataclasses.asdict(TrainConfig())))
-    stored = {**{k: v for k, v in defaults.items() if k not in stored}, **stored}
-    keys = sorted((set(stored) | set(want)) - set(ignore))
-    return [f"{k}: {stored.get(k, '(absent)')!r} -> {want.get(k, '(absent)')!r}" for k in keys
-            if stored.get(k, "(absent)") != want.get(k, "(absent)")]
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -537,102 +258,43 @@ class Trainer:
         return _collate(items)
 
     def _refine(self, phi, moving, fixed, steps, lr):
-        """The instance optimizer on a detached copy of `phi`, timed; returns phi_opt and the energy log.
-
-        The optimizer design applies to OFG steps only (`self.current == "ofg"`): with `optimizer_design: network`
-        the pseudo label is the optimizer network's prediction, with `downsample` the field is optimised at
-        1/`inner_downsample` resolution; other strategies that refine (mix, optimized self-training) always use
-        the instance optimizer.
-        """
+        """The pseudo label of `phi` by this step's design (`ofg_lib.guidance`), timed; returns it and its logs."""
         synchronize(self.device)
         t0 = time.perf_counter()
-        design = self.cfg.optimizer_design if self.current == "ofg" else "instance"
+        design = guidance.design_of(self.cfg, self.current)
         if design in ("network", "optimizer-network"):
-            with torch.no_grad():
-                target = models.predict(self.pseudo_net, moving, fixed).float()
-            synchronize(self.device)
-            self.timer["inner"] += time.perf_counter() - t0
-            return target.to(phi.dtype), {}
-        r = refine_with_history(phi.detach().float(), moving.float(), fixed.float(), steps=steps, lr=lr,
-                                reg_weight=self.cfg.inner_reg, optimizer=self.cfg.inner_optimizer,
-                                final_energy=True, downsample=self.cfg.inner_downsample if design == "downsample" else 1,
-                                coarse_energy=self.cfg.inner_coarse_energy)
+            out = guidance.network_label(self.pseudo_net, phi, moving, fixed)
+        else:
+            out = guidance.instance_label(self.cfg, phi, moving, fixed, steps, lr, design)
         synchronize(self.device)
         self.timer["inner"] += time.perf_counter() - t0
-        logs = {"energy_before": r.energies[0] if r.energies else float("nan"),
-                "energy_after": r.final_energy if r.final_energy is not None else float("nan")}
-        return r.disp.to(phi.dtype), logs
+        return out
+
+    def _timed_inner(self, fn, *args):
+        synchronize(self.device)
+        t0 = time.perf_counter()
+        out = fn(*args)
+        synchronize(self.device)
+        self.timer["inner"] += time.perf_counter() - t0
+        return out
 
     def train_persistent_optimizer_network(self, epoch: int, lr: float):
-        """The paper's network-based optimizer (Sec. 4.6, Table 3): a network of its own (same architecture,
-        its own initialisation, weights and Adam, never re-copied from the main model), trained before each
-        guided epoch for `network_passes` passes over the whole training split on the optimizer's energy,
-        LNCC + inner_reg * grad_l2; its predictions are that epoch's pseudo labels. Checkpointed with the run."""
-        from .losses import unsupervised_loss
-        from .transform import warp
-        synchronize(self.device)
-        t0 = time.perf_counter()
-        net, opt = self.pseudo_net, self.pseudo_opt
-        for group in opt.param_groups:
-            group["lr"] = lr
-        net.train()
-        n, bs = len(self.train_set), self.cfg.batch_size
-        for p in range(self.cfg.network_passes):
-            g = torch.Generator().manual_seed(self.cfg.seed * 100003 + epoch * 101 + p + 424243)
-            order = torch.randperm(n, generator=g).tolist()
-            for i in range(0, n, bs):
-                batch = _collate([self.train_set[j] for j in order[i:i + bs]])
-                moving, fixed = batch["moving"].to(self.device), batch["fixed"].to(self.device)
-                opt.zero_grad(set_to_none=True)
-                phi = models.predict(net, moving, fixed)
-                unsupervised_loss(fixed, warp(moving, phi), phi, self.cfg.inner_reg).backward()
-                opt.step()
-        net.eval()
-        synchronize(self.device)
-        self.timer["inner"] += time.perf_counter() - t0
+        """`guidance.train_persistent_optimizer_network` on this run's optimizer network (Table 3), timed."""
+        self._timed_inner(guidance.train_persistent_optimizer_network, self.pseudo_net, self.pseudo_opt,
+                          self.train_set, self.cfg, epoch, lr, self.device, _collate)
 
     def train_optimizer_network(self, epoch: int, lr: float):
-        """The network-based optimizer (Sec. 4.6, Table 3): a copy of the main model, trained for
-        `network_passes` passes over this epoch's training pairs with the unsupervised loss; its predictions are
-        the epoch's pseudo labels. The main model is not touched (its weights change only in its own steps)."""
-        import copy
-        synchronize(self.device)
-        t0 = time.perf_counter()
-        helper = copy.deepcopy(self.model).train()
-        opt = torch.optim.Adam(helper.parameters(), lr=lr, amsgrad=True)
-        for p in range(self.cfg.network_passes):
-            for batch in self._loader(epoch):
-                moving, fixed = batch["moving"].to(self.device), batch["fixed"].to(self.device)
-                opt.zero_grad(set_to_none=True)
-                phi = models.predict(helper, moving, fixed)
-                step = Step(moving, fixed, batch["id"], self.cfg, self.inner_lr, self._refine)
-                STRATEGIES["unsupervised"](step, phi)[0].backward()
-                opt.step()
-        self.pseudo_net = helper.eval()
-        synchronize(self.device)
-        self.timer["inner"] += time.perf_counter() - t0
+        """`guidance.train_epoch_copy` (the earlier network design) on this epoch's pairs, timed."""
+        def unsupervised_step(moving, fixed, ids, phi):
+            return STRATEGIES["unsupervised"](Step(moving, fixed, ids, self.cfg, self.inner_lr, self._refine), phi)[0]
+        self.pseudo_net = self._timed_inner(guidance.train_epoch_copy, self.model, lambda: self._loader(epoch),
+                                            self.cfg, lr, self.device, unsupervised_step)
 
     def may_guide(self, epoch: int) -> bool:
-        """Whether an epoch can take OFG steps under the schedule (after the warm-up, on an `ofg_every` epoch)."""
-        cfg = self.cfg
-        return cfg.strategy == "ofg" and epoch >= cfg.warmup_epochs and (epoch + 1) % cfg.ofg_every == 0
+        return guidance.may_guide(self.cfg, epoch)
 
     def step_strategy(self, epoch: int, coin: torch.Generator) -> str:
-        """The strategy of one training step under the guidance schedule (warm-up, ofg_every, ofg_prob).
-
-        Warm-up: `warmup_strategy` for epochs 0 .. warmup_epochs - 1. Epoch-interval guidance: OFG on epochs
-        k, 2k, ... (1-based), unsupervised on the others. Threshold-based guidance: OFG when a uniform draw from
-        `coin` (seeded by seed and epoch: resumable) falls below `ofg_prob`, as the paper describes it.
-        """
-        cfg = self.cfg
-        if epoch < cfg.warmup_epochs:
-            return cfg.warmup_strategy
-        if cfg.strategy == "ofg":
-            if (epoch + 1) % cfg.ofg_every:
-                return "unsupervised"
-            if cfg.ofg_prob < 1 and not float(torch.rand((), generator=coin)) < cfg.ofg_prob:
-                return "unsupervised"
-        return cfg.strategy
+        return guidance.step_strategy(self.cfg, epoch, coin)
 
     def _update(self, moving, fixed, ids, lr, name=None):
         """One network update on one direction of a batch; returns the loss and the strategy's logs."""
