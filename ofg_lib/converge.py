@@ -30,6 +30,7 @@ from .sweep import table_markdown, train_history
 from .evaluate import score_run
 from .config import RUNTIME, TrainConfig, config_differences, load_config
 from .paths import atomic_write, load_checkpoint, resolve, write_json
+from .runs import RunFolder
 from .stats import last_k_mean, paired
 
 __all__ = ["paired_row", "crossings", "seed_curves", "run_converge", "run_pareto", "pareto_markdown", "pareto_figure",
@@ -128,9 +129,9 @@ def stored_score(folder, split: str, n, which: str = "best", history=None) -> di
     logs of a GPU session), which records the step, epoch and config of the checkpoint it scored: it must name
     the config in the folder's config.json and a step the run's `history` reached. None when there is neither."""
     folder = Path(folder)
-    if (folder / {"best": "best.pt", "last": "checkpoint.pt"}[which]).exists():
+    if RunFolder(folder).checkpoint(which).exists():
         return score_run(folder, split, n, which)
-    cache = folder / f"score-{which}-{split}-{n if n is not None else 'all'}.json"
+    cache = RunFolder(folder).score_cache(which, split, n)
     if not cache.exists():
         return None
     cached = json.loads(cache.read_text())

@@ -15,6 +15,7 @@ from .losses import grad_l2, lncc
 from .metrics import dice, epe, fold_fraction, sdlogj, time_ms
 from .paths import load_checkpoint
 from .progress import progress_bar
+from .runs import RunFolder, trained_size
 from .transform import warp
 
 __all__ = ["load_model", "load_run", "evaluate", "score_run", "SCORED"]
@@ -30,7 +31,7 @@ def load_model(path, device="cpu"):
 
 def _model_of(state, device):
     cfg = state["config"]
-    model = models.build(cfg["model"], state.get("img_size", cfg["img_size"]))  # the real datasets set their size
+    model = models.build(cfg["model"], trained_size(state))  # the real datasets set their size
     model.load_state_dict(state["model"])
     return model.to(device).eval(), cfg
 
@@ -47,11 +48,12 @@ def load_run(run_dir, device="cpu", which: str = "last"):
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"{run_dir}: no such run folder (train a run first, notebook 05)")
-    if which == "best" and not (run_dir / "checkpoint.pt").exists():
-        best = load_checkpoint(run_dir / "best.pt", "best checkpoint")   # a folder with best.pt only (copied out)
+    folder = RunFolder(run_dir)
+    if which == "best" and not folder.holds_run():
+        best = load_checkpoint(folder.checkpoint("best"), "best checkpoint")  # a folder with best.pt only (copied out)
         return (*_model_of(best, device), best["history"])
-    last = load_checkpoint(run_dir / "checkpoint.pt")          # read once: the history lives only here
-    model, cfg = _model_of(last if which == "last" else load_checkpoint(run_dir / CHECKPOINTS[which]), device)
+    last = load_checkpoint(folder.checkpoint("last"))          # read once: the history lives only here
+    model, cfg = _model_of(last if which == "last" else load_checkpoint(folder.checkpoint(which)), device)
     return model, cfg, last["history"]
 
 
@@ -109,7 +111,7 @@ def evaluate(model, dataset, n: int | None = None, device="cpu", time_repeats: i
             "labels": list(dataset.labels), "label_names": list(dataset.label_names)}
 
 
-CHECKPOINTS = {"last": "checkpoint.pt", "best": "best.pt"}   # a run folder's checkpoints, by name
+CHECKPOINTS = ("last", "best")   # a run folder's checkpoints (`runs.RunFolder.checkpoint`)
 SCORED = ("dice", "dice_std", "fold_fraction", "fold_fraction_brain", "sdlogj", "epe")
 
 
@@ -127,8 +129,8 @@ def score_run(run_dir, split: str = "test", n: int | None = None, which: str = "
     from .paths import write_json
     run_dir = Path(run_dir)
     _checks.one_of("which", which, CHECKPOINTS)
-    state = load_checkpoint(run_dir / CHECKPOINTS[which], f"{which} checkpoint")
-    cache = run_dir / f"score-{which}-{split}-{n if n is not None else 'all'}.json"
+    state = load_checkpoint(RunFolder(run_dir).checkpoint(which), f"{which} checkpoint")
+    cache = RunFolder(run_dir).score_cache(which, split, n)
     # the checkpoint's identity: its step and epoch, and the config it was trained with (a folder retrained with
     # --overwrite under another config of the same length is scored again)
     key = {"step": state["step"], "epoch": state["epoch"],

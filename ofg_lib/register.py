@@ -30,7 +30,7 @@ from .evaluate import load_run
 from .io import read_pair, write_outputs
 from .metrics import dice, fold_fraction
 from .paths import load_checkpoint, write_json
-from .runs import FolderBusyError, claim
+from .runs import FolderBusyError, RunFolder, claim, trained_size
 from .transform import warp
 
 __all__ = ["register_files", "main", "OUTPUTS"]
@@ -55,8 +55,8 @@ def _register(moving, fixed, out, run, method, moving_seg, fixed_seg, which, dev
     if run is not None:
         model, cfg, _ = load_run(run, device, which)
         normalize = not (cfg.get("dataset") == "lpba40" and not cfg.get("lpba40_normalize", True))
-        state = load_checkpoint(Path(run) / ("checkpoint.pt" if which == "last" else "best.pt"))
-        trained = tuple(int(n) for n in state.get("img_size") or cfg["img_size"])  # real datasets store theirs
+        state = load_checkpoint(RunFolder(run).checkpoint(which))
+        trained = trained_size(state)         # real datasets store theirs
         if len(trained) != 3:
             raise ValueError(f"{run} is a run of the 2-D track (trained on {len(trained)}-D slices of size "
                              f"{list(trained)}); registering NIfTI volumes needs a 3-D run")

@@ -1,4 +1,12 @@
-"""Claiming a folder for one writer at a time: the run lock.
+"""A run folder: its files (`RunFolder`, the one place that knows their names) and the lock that gives it one
+writer at a time (`claim`).
+
+    folder = RunFolder(out)
+    folder.start(config, overwrite=False)      # config.json; with overwrite, the old run's files go
+    folder.save(state)                         # checkpoint.pt (atomically); folder.save(state, "best.pt")
+    folder.write_log(history); folder.write_summary(summary)
+
+The lock:
 
     with claim(out, "training run"):
         ...            # nothing else can train, register or sweep into `out` meanwhile
@@ -22,9 +30,72 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["claim", "Claim", "FolderBusyError", "LOCK_NAME"]
+__all__ = ["claim", "Claim", "FolderBusyError", "LOCK_NAME", "RunFolder", "RUN_FILES", "trained_size"]
 
 LOCK_NAME = ".lock"
+# The files of a run; `overwrite` deletes exactly these (and the score caches), nothing else in the folder.
+RUN_FILES = ("checkpoint.pt", "best.pt", "config.json", "log.csv", "summary.json")
+
+
+class RunFolder:
+    """The files of one training run in `path`: checkpoint.pt (the last finished epoch), best.pt (the best
+    validation), config.json, log.csv (one row per epoch), summary.json, and the score caches of
+    `ofg_lib.evaluate.score_run` (score-WHICH-SPLIT-N.json). Every write is atomic (a temporary name, then a rename)."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+
+    def checkpoint(self, which: str = "last") -> Path:
+        """checkpoint.pt (`which="last"`) or best.pt (`"best"`)."""
+        if which not in ("last", "best"):
+            raise ValueError(f"which must be 'last' or 'best', got {which!r}")
+        return self.path / ("checkpoint.pt" if which == "last" else "best.pt")
+
+    def holds_run(self) -> bool:
+        return self.checkpoint().exists()
+
+    def score_cache(self, which: str, split: str, n) -> Path:
+        return self.path / f"score-{which}-{split}-{n if n is not None else 'all'}.json"
+
+    def start(self, config: dict, overwrite: bool = False) -> None:
+        """Before a run's first file: the folder made, half-written files of a killed run removed, with
+        `overwrite` the old run's RUN_FILES and score caches deleted; then config.json written."""
+        from .paths import remove_partials, write_json
+        self.path.mkdir(parents=True, exist_ok=True)
+        remove_partials(self.path)
+        if overwrite:
+            for name in RUN_FILES:
+                (self.path / name).unlink(missing_ok=True)
+            for cached in self.path.glob("score-*.json"):
+                cached.unlink(missing_ok=True)
+        write_json(self.path / "config.json", config)
+
+    def save(self, state: dict, name: str = "checkpoint.pt") -> None:
+        from .paths import atomic_save
+        atomic_save(state, self.path / name)
+
+    def write_log(self, history: list) -> None:
+        """log.csv: one row per epoch, columns in order of first appearance."""
+        import csv
+        import io
+
+        from .paths import atomic_write
+        keys = list(dict.fromkeys(k for row in history for k in row))
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=keys)
+        w.writeheader()
+        w.writerows(history)
+        atomic_write(self.path / "log.csv", buf.getvalue())
+
+    def write_summary(self, summary: dict) -> None:
+        from .paths import write_json
+        write_json(self.path / "summary.json", summary)
+
+
+def trained_size(state: dict) -> tuple[int, ...]:
+    """The image size a checkpoint's model was trained at: the trainer stores the data's size (`img_size`; a real
+    dataset sets its own), older checkpoints only the config's."""
+    return tuple(int(n) for n in (state.get("img_size") or state["config"]["img_size"]))
 
 
 class FolderBusyError(RuntimeError):

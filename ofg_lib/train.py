@@ -20,10 +20,7 @@ The trainer knows loops, schedules, checkpoints and logs; how a step's loss is m
 """
 from __future__ import annotations
 
-import argparse
-import csv
 import dataclasses
-import io
 import json
 import math
 import os
@@ -35,17 +32,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import (DeviceUnavailable, amp_available, fork_rng, distributed_backend, models, peak_memory_mb, rank_device, rng_state, seed_all,
+from . import (amp_available, fork_rng, distributed_backend, models, peak_memory_mb, rank_device, rng_state, seed_all,
                set_rng_state, synchronize)
 from . import data as datasets
 from . import guidance
 from . import device as resolve_device
 from .evaluate import evaluate
 from .optimizer import cpu_kernels
-from .paths import atomic_save, atomic_write, load_checkpoint, remove_partials, write_json
+from .paths import load_checkpoint
 from .progress import progress_bar
+from .schedule import plateaued, poly
 from .config import CLI_FLAGS, RESUMABLE, RUNTIME, TrainConfig, config_differences, load_config  # noqa: F401
-from .runs import FolderBusyError, claim
+from .runs import RUN_FILES, RunFolder, claim, trained_size  # noqa: F401 (RUN_FILES re-exported)
 from .strategies import STRATEGIES, Step, strategy
 
 __all__ = ["TrainConfig", "Trainer", "run", "STRATEGIES", "strategy", "load_config", "main", "RESUMABLE",
@@ -53,57 +51,12 @@ __all__ = ["TrainConfig", "Trainer", "run", "STRATEGIES", "strategy", "load_conf
 
 
 ENERGY_RISE_TOL = 1e-4   # refinement "raised the energy" when it ends this much above where it started
-RUN_FILES = ("checkpoint.pt", "best.pt", "config.json", "log.csv", "summary.json")
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def _collate(items):
-    batch = {k: torch.stack([it[k] for it in items]) for k in items[0] if k != "id"}
-    batch["id"] = [it["id"] for it in items]
-    return batch
-
-
-def _poly(base, epoch, epochs):
-    return round(base * (1 - epoch / epochs) ** 0.9, 8)
-
-
-PLATEAU_WINDOW = 5     # validations in the moving average of the plateau rule
-
-
-def plateaued(history, tol: float, min_steps: int = 0, window: int = PLATEAU_WINDOW) -> bool:
-    """The plateau rule: the validation Dice, smoothed by a moving average over `window` validations, gained
-    less than `tol` over the last third of the run (in steps), and the run has taken at least `min_steps` steps.
-
-    A rule of the history alone, so a resumed run stops where an uninterrupted one did.
-    """
-    rows = [r for r in history if r.get("val_dice") is not None]
-    if not rows or rows[-1]["step"] < min_steps or len(rows) < 2 * window:
-        return False
-    dice = np.array([r["val_dice"] for r in rows], dtype=float)
-    smooth = np.convolve(dice, np.ones(window) / window, mode="valid")     # smooth[i] ends at rows[i + window - 1]
-    steps = np.array([r["step"] for r in rows])[window - 1:]
-    then = int(np.searchsorted(steps, steps[-1] * 2 / 3, side="right")) - 1
-    return then >= 0 and then < len(smooth) - 1 and float(smooth[-1] - smooth[then]) < tol
-
-
 def _finite_parameters(model) -> bool:
     """Whether every parameter is finite (one device synchronisation)."""
     return bool(torch.stack([torch.isfinite(p.detach()).all() for p in model.parameters()]).all())
-
-
-def check_scored(dataset, n: int, name: str) -> None:
-    """Fail at start-up when a validation pair has nothing to score (no evaluated label, or no labelled voxel)."""
-    for i in range(min(n, len(dataset))):
-        item = dataset[i]
-        if "fixed_seg" not in item or "moving_seg" not in item:
-            raise ValueError(f"{name} validation pair {item.get('id', i)} has no label maps: nothing to score")
-        found = set(torch.unique(item["fixed_seg"]).tolist()) | set(torch.unique(item["moving_seg"]).tolist())
-        scored = found & set(dataset.labels)
-        if not scored or not bool((item["fixed_seg"] > 0).any()):
-            shown = sorted(found)[:20]
-            raise ValueError(f"{name} validation pair {item.get('id', i)} holds no evaluated label: labels found "
-                             f"{shown}{' ...' if len(found) > 20 else ''}, labels evaluated "
-                             f"{list(dataset.labels)[:20]}{' ...' if len(dataset.labels) > 20 else ''}")
 
 
 # ---------------------------------------------------------------------------------------------- trainer
@@ -115,6 +68,7 @@ class Trainer:
             raise ValueError("out is empty (an unset variable in --out \"$OUT\"?): give a run folder, or leave out "
                              "out (None) to train without writing files")
         self.cfg, self.out, self.callbacks = cfg, Path(out) if out is not None else None, list(callbacks)
+        self.folder = RunFolder(self.out) if self.out is not None else None
         self.overwrite = overwrite
         self.rank, self.world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
         self.distributed = self.world > 1
@@ -132,7 +86,7 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         seed_all(cfg.seed)
         self.train_set, self.val_set = datasets.from_config(cfg, "train"), datasets.from_config(cfg, "val")
-        check_scored(self.val_set, cfg.val_pairs, cfg.dataset)
+        datasets.check_scored(self.val_set, cfg.val_pairs, cfg.dataset)
         self.img_size = tuple(self.val_set[0]["fixed"].shape[1:])
         self.model = models.build(cfg.model, self.img_size).to(dev)
         self.net = self.model
@@ -159,7 +113,7 @@ class Trainer:
 
     def _load_teacher(self, path):
         state = load_checkpoint(path, "teacher checkpoint")
-        size = tuple(state.get("img_size") or state["config"]["img_size"])
+        size = trained_size(state)
         if size != self.img_size:
             raise ValueError(f"{path}: the teacher was trained at {size}, this run's data are {self.img_size}")
         teacher = models.build(state["config"]["model"], self.img_size).to(self.device).eval()
@@ -179,17 +133,10 @@ class Trainer:
                     "optimizer_network_adam": self.pseudo_opt.state_dict()} if self.pseudo_opt is not None else {})}
 
     def _claim(self):
-        """Before the first file of this run: with overwrite, delete the old run's files (only RUN_FILES)."""
+        """Before the first file of this run: with overwrite, delete the old run's files (`runs.RunFolder.start`)."""
         if self._claimed or self.out is None or self.rank != 0:
             return
-        self.out.mkdir(parents=True, exist_ok=True)
-        remove_partials(self.out)
-        if self.overwrite:
-            for name in RUN_FILES:
-                (self.out / name).unlink(missing_ok=True)
-            for cached in self.out.glob("score-*.json"):     # ofg_lib.evaluate.score_run's caches of the old run
-                cached.unlink(missing_ok=True)
-        write_json(self.out / "config.json", dataclasses.asdict(self.cfg))
+        self.folder.start(dataclasses.asdict(self.cfg), self.overwrite)
         self._claimed = True
 
     def save(self, name="checkpoint.pt"):
@@ -198,7 +145,7 @@ class Trainer:
         if not _finite_parameters(self.model):
             raise FloatingPointError(f"refusing to write {self.out / name}: the weights are not finite")
         self._claim()
-        atomic_save(self.state(), self.out / name)
+        self.folder.save(self.state(), name)
 
     def load(self, path, exact: bool = False):
         """Continue the run of checkpoint `path`: its config must match (module docstring), epochs never shrink."""
@@ -225,14 +172,6 @@ class Trainer:
             self.pseudo_net.load_state_dict(state["optimizer_network"])
             self.pseudo_opt.load_state_dict(state["optimizer_network_adam"])
 
-    def _write_log(self):
-        keys = list(dict.fromkeys(k for row in self.history for k in row))
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=keys)
-        w.writeheader()
-        w.writerows(self.history)
-        atomic_write(self.out / "log.csv", buf.getvalue())
-
     # -- one epoch --------------------------------------------------------------------------------------
     def _order(self, epoch):
         """Training items of an epoch: a permutation seeded by (seed, epoch), cycled; this rank's share."""
@@ -246,7 +185,7 @@ class Trainer:
         order, bs = self._order(epoch), self.cfg.batch_size
         batches = [order[i * bs:(i + 1) * bs] for i in range(self.cfg.steps_per_epoch)]
         # its own generator: a DataLoader would otherwise draw its worker seed from the global torch RNG
-        return torch.utils.data.DataLoader(self.train_set, batch_sampler=batches, collate_fn=_collate,
+        return torch.utils.data.DataLoader(self.train_set, batch_sampler=batches, collate_fn=datasets.collate,
                                            num_workers=self.cfg.num_workers,
                                            generator=torch.Generator().manual_seed(self.cfg.seed + epoch))
 
@@ -255,7 +194,7 @@ class Trainer:
             return batch
         items = [{k: batch[k][b] for k in batch if k != "id"} for b in range(len(batch["id"]))]
         items = [{**datasets.flip_pair(it, g), "id": key} for it, key in zip(items, batch["id"])]
-        return _collate(items)
+        return datasets.collate(items)
 
     def _refine(self, phi, moving, fixed, steps, lr):
         """The pseudo label of `phi` by this step's design (`ofg_lib.guidance`), timed; returns it and its logs."""
@@ -281,7 +220,7 @@ class Trainer:
     def train_persistent_optimizer_network(self, epoch: int, lr: float):
         """`guidance.train_persistent_optimizer_network` on this run's optimizer network (Table 3), timed."""
         self._timed_inner(guidance.train_persistent_optimizer_network, self.pseudo_net, self.pseudo_opt,
-                          self.train_set, self.cfg, epoch, lr, self.device, _collate)
+                          self.train_set, self.cfg, epoch, lr, self.device, datasets.collate)
 
     def train_optimizer_network(self, epoch: int, lr: float):
         """`guidance.train_epoch_copy` (the earlier network design) on this epoch's pairs, timed."""
@@ -324,8 +263,8 @@ class Trainer:
 
     def train_epoch(self):
         cfg, epoch = self.cfg, self.epoch
-        lr = _poly(cfg.lr, epoch, cfg.horizon) if cfg.lr_schedule == "poly" else cfg.lr
-        self.inner_lr = _poly(cfg.inner_lr, epoch, cfg.horizon) if cfg.inner_lr_schedule == "poly" else cfg.inner_lr
+        lr = poly(cfg.lr, epoch, cfg.horizon) if cfg.lr_schedule == "poly" else cfg.lr
+        self.inner_lr = poly(cfg.inner_lr, epoch, cfg.horizon) if cfg.inner_lr_schedule == "poly" else cfg.inner_lr
         for group in self.opt.param_groups:
             group["lr"] = lr
         if hasattr(self.train_set, "set_epoch"):
@@ -346,7 +285,7 @@ class Trainer:
         for _ in bar:
             t_data = time.perf_counter()
             batch = self._augment(next(batches), flips)
-            batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            batch = datasets.as_batch(batch, self.device)
             directions = [(batch["moving"], batch["fixed"], batch["id"])]
             if self.two_way:          # the published OASIS training: a second full update, fixed -> moving
                 directions.append((batch["fixed"], batch["moving"], [f"{k}:reverse" for k in batch["id"]]))
@@ -441,7 +380,7 @@ class Trainer:
             self.history.append(row)
             if self.rank == 0 and self.out is not None:
                 self.save()
-                self._write_log()
+                self.folder.write_log(self.history)
             for cb in self.callbacks:
                 cb(self, row)
         # Ctrl-C (KeyboardInterrupt) is not caught: the checkpoint of the last finished epoch is already on disk,
@@ -485,7 +424,7 @@ class Trainer:
              "cpu_kernels": cpu_kernels() if self.device.type == "cpu" else None}
         if self.out is not None and self.rank == 0:
             self._claim()
-            write_json(self.out / "summary.json", s)
+            self.folder.write_summary(s)
         return s
 
 
@@ -514,35 +453,9 @@ def run(config, out=None, resume: bool | str = False, callbacks=(), overwrite: b
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m ofg_lib.train", description="Train a registration network.")
-    p.add_argument("--config", help="flat YAML mapping of TrainConfig keys")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
-    p.add_argument("--out", required=True, help="run folder: checkpoint.pt, log.csv, summary.json")
-    what = p.add_mutually_exclusive_group()
-    what.add_argument("--resume", action="store_true", help="continue OUT's run (same config)")
-    what.add_argument("--overwrite", action="store_true",
-                      help="replace OUT's run (its files are deleted when the new run writes its first checkpoint)")
-    args = p.parse_args(argv)
-    if not args.out.strip():
-        p.error("--out is empty (an unset variable in --out \"$OUT\"?): give the run folder")
-    try:
-        cfg = load_config(args.config, args.set)
-    except (ValueError, FileNotFoundError) as e:
-        p.error(str(e))
-    try:
-        summary = Trainer(cfg, args.out, overwrite=args.overwrite).fit(resume=args.resume)
-    except KeyboardInterrupt:
-        print(f"\nstopped; {args.out}/checkpoint.pt holds the last finished epoch (if any): continue with "
-              f"--resume", file=sys.stderr)
-        sys.exit(130)
-    except (FileExistsError, ValueError, FileNotFoundError, FloatingPointError, FolderBusyError,
-            DeviceUnavailable) as e:       # anything else is a bug: its traceback is worth seeing
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-    if int(os.environ.get("RANK", 0)) == 0:
-        print(json.dumps(summary, indent=1))
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+    """The command line (`python -m ofg_lib.train`, `ofg_lib.cli`)."""
+    from .cli import main as cli_main
+    return cli_main(argv)
 
 
 if __name__ == "__main__":

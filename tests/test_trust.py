@@ -12,7 +12,6 @@ import torch
 import yaml
 
 from ofg_lib import train
-from ofg_lib.compare import _history
 from ofg_lib.data import OASIS, Embedded, flip_pair, from_config
 from ofg_lib.evaluate import evaluate, load_model, load_run
 from ofg_lib.metrics import dice, fold_fraction, sdlogj
@@ -139,7 +138,7 @@ def test_metrics_of_a_non_finite_field_are_nan_not_zero():
 
 
 # ------------------------------------------------------------------------------------- foreign code
-@pytest.mark.parametrize("where", ["resume", "teacher", "load_model", "load_run", "compare"])
+@pytest.mark.parametrize("where", ["resume", "teacher", "load_model", "load_run", "runners"])
 def test_a_crafted_checkpoint_is_refused_everywhere_and_runs_nothing(finished, tmp_path, monkeypatch, where):
     mark = tmp_path / "pwned"
     monkeypatch.setenv("EVIL_MARK", str(mark))
@@ -156,8 +155,8 @@ def test_a_crafted_checkpoint_is_refused_everywhere_and_runs_nothing(finished, t
             load_model(run / "checkpoint.pt")
         elif where == "load_run":
             load_run(run)
-        else:
-            _history(run)
+        else:                   # the runners' reader of a finished run's history (sweep.train_history)
+            load_checkpoint(run / "checkpoint.pt")["history"]
     assert not mark.exists()
 
 

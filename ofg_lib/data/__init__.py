@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import torch
+
 from .. import _checks
 from .augment import AUGMENTS, flip_pair
 from .embedded import PAIRS, Embedded
@@ -16,7 +18,7 @@ from .real import IXI, LPBA40, OASIS, ofg_sample
 from .template import LABEL_NAMES, mni_template, mni_tissues, random_smooth_disp
 
 __all__ = ["Embedded", "IXI", "OASIS", "LPBA40", "LABEL_NAMES", "mni_template", "mni_tissues", "random_smooth_disp",
-           "from_config", "flip_pair", "AUGMENTS", "ofg_sample"]
+           "from_config", "flip_pair", "AUGMENTS", "ofg_sample", "collate", "as_batch", "check_scored"]
 
 DATASETS = ("embedded", "ixi", "oasis", "lpba40")
 
@@ -40,3 +42,32 @@ def from_config(cfg, split: str):
     if name == "oasis":
         return OASIS(c.get("data_root"), split, seed=c.get("seed", 0), subset=subset if split == "train" else None)
     return LPBA40(c.get("data_root"), split, normalize=c.get("lpba40_normalize", True))
+
+
+def collate(items):
+    """Dataset items stacked into a batch (tensors stacked on a new first axis; `id` kept as a list)."""
+    batch = {k: torch.stack([it[k] for it in items]) for k in items[0] if k != "id"}
+    batch["id"] = [it["id"] for it in items]
+    return batch
+
+
+def as_batch(batch, device):
+    """A batch (or one item, given a batch axis by `collate`) with its tensors on `device`."""
+    if "id" in batch and not isinstance(batch["id"], list):
+        batch = collate([batch])
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def check_scored(dataset, n: int, name: str) -> None:
+    """Fail at start-up when a validation pair has nothing to score (no evaluated label, or no labelled voxel)."""
+    for i in range(min(n, len(dataset))):
+        item = dataset[i]
+        if "fixed_seg" not in item or "moving_seg" not in item:
+            raise ValueError(f"{name} validation pair {item.get('id', i)} has no label maps: nothing to score")
+        found = set(torch.unique(item["fixed_seg"]).tolist()) | set(torch.unique(item["moving_seg"]).tolist())
+        scored = found & set(dataset.labels)
+        if not scored or not bool((item["fixed_seg"] > 0).any()):
+            shown = sorted(found)[:20]
+            raise ValueError(f"{name} validation pair {item.get('id', i)} holds no evaluated label: labels found "
+                             f"{shown}{' ...' if len(found) > 20 else ''}, labels evaluated "
+                             f"{list(dataset.labels)[:20]}{' ...' if len(dataset.labels) > 20 else ''}")
