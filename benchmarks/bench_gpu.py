@@ -46,7 +46,8 @@ from bench_lncc import make_inputs, peer_loop  # noqa: E402
 from ofg_lib import device as resolve_device  # noqa: E402
 from ofg_lib import models  # noqa: E402
 from ofg_lib import synchronize as sync  # noqa: E402
-from ofg_lib.losses import FixedLNCC, grad_l2, lncc, lncc_conv3d, ofg_loss  # noqa: E402
+from ofg_lib.losses import FixedLNCC, grad_l2, lncc, ofg_loss  # noqa: E402
+from published import lncc_conv3d  # noqa: E402
 from ofg_lib.metrics import time_ms  # noqa: E402
 from ofg_lib.optimizer import refine  # noqa: E402
 from ofg_lib.paths import atomic_write  # noqa: E402

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from . import _checks
 
-__all__ = ["box_sum", "lncc", "lncc_map", "lncc_conv3d", "FixedLNCC", "grad_l2", "ofg_loss", "unsupervised_loss"]
+__all__ = ["box_sum", "lncc", "FixedLNCC", "grad_l2", "ofg_loss", "unsupervised_loss"]
 
 
 def box_sum(x: torch.Tensor, window: int) -> torch.Tensor:
@@ -138,47 +138,26 @@ def _check_pair(fixed, warped, window, validate):
 
 
 def lncc(fixed: torch.Tensor, warped: torch.Tensor, window: int = 9, eps: float = 1e-5,
-         validate: bool = True) -> torch.Tensor:
-    """Negative local normalised cross-correlation (Eq. 6), a scalar in about [-1, 0]; minimised.
+         validate: bool = True, reduction: str = "mean") -> torch.Tensor:
+    """Negative local normalised cross-correlation (Eq. 6), the project's one LNCC; minimised.
 
     `fixed`, `warped`: (B, C, D, H, W) or (B, C, H, W), same shape and dtype. `window` is the odd box size
     (9 in the paper). `validate=False` skips the finiteness scan (a device sync on GPU) in hot loops.
-    Gradients flow to both inputs through the hand-written backward of `_LNCC` (derived in notebook 03).
+    `reduction="mean"` (the loss, a scalar in about [-1, 0]): gradients flow to both inputs through the
+    hand-written backward of `_LNCC` (derived in notebook 03). `reduction="none"`: the per-voxel loss -cc,
+    shape of the inputs, whose mean is the loss (plain autograd; for maps and plots: cc is in [0, 1]).
+    The published dense-convolution formula it is tested and timed against is `benchmarks/published.py`.
     """
+    _checks.one_of("reduction", reduction, ("mean", "none"))
     _check_pair(fixed, warped, window, validate)
+    if reduction == "none":
+        c = fixed.shape[1]
+        n = float(window ** (fixed.dim() - 2))
+        s_i, s_j, s_ii, s_jj, s_ij = box_sum(torch.cat([fixed, warped, fixed * fixed, warped * warped,
+                                                         fixed * warped], 1), window).split(c, 1)
+        cross = s_ij - s_i * s_j / n
+        return -(cross * cross / ((s_ii - s_i * s_i / n) * (s_jj - s_j * s_j / n) + eps))
     return _LNCC.apply(fixed, warped, window, eps, None)
-
-
-@torch.no_grad()
-def lncc_map(fixed: torch.Tensor, warped: torch.Tensor, window: int = 9, eps: float = 1e-5) -> torch.Tensor:
-    """Per-voxel squared local correlation cc in [0, 1] (what `lncc` averages and negates), for plots."""
-    _check_pair(fixed, warped, window, True)
-    c = fixed.shape[1]
-    n = float(window ** (fixed.dim() - 2))
-    s_i, s_j, s_ii, s_jj, s_ij = box_sum(torch.cat([fixed, warped, fixed * fixed, warped * warped,
-                                                     fixed * warped], 1), window).split(c, 1)
-    cross = s_ij - s_i * s_j / n
-    return cross * cross / ((s_ii - s_i * s_i / n) * (s_jj - s_j * s_j / n) + eps)
-
-
-def lncc_conv3d(fixed: torch.Tensor, warped: torch.Tensor, window: int = 9, eps: float = 1e-5) -> torch.Tensor:
-    """The published code path (`NCC_vxm`): five dense window^3 convolutions, autograd backward.
-
-    Kept as a reference for tests and as the baseline of the speed comparison (notebook 03, benchmarks/).
-    """
-    _check_pair(fixed, warped, window, False)
-    if fixed.dim() != 5 or fixed.shape[1] != 1:
-        raise ValueError(f"lncc_conv3d takes single-channel volumes (B, 1, D, H, W), got {tuple(fixed.shape)}")
-    filt = torch.ones(1, 1, window, window, window, device=fixed.device, dtype=fixed.dtype)
-    i, j = fixed, warped
-    i_sum, j_sum, i2_sum, j2_sum, ij_sum = (F.conv3d(x, filt, padding=window // 2)
-                                            for x in (i, j, i * i, j * j, i * j))
-    win = float(window ** 3)
-    u_i, u_j = i_sum / win, j_sum / win
-    cross = ij_sum - u_j * i_sum - u_i * j_sum + u_i * u_j * win
-    i_var = i2_sum - 2 * u_i * i_sum + u_i * u_i * win
-    j_var = j2_sum - 2 * u_j * j_sum + u_j * u_j * win
-    return -torch.mean(cross * cross / (i_var * j_var + eps))
 
 
 class FixedLNCC:

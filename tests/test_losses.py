@@ -3,7 +3,10 @@ import pytest
 import torch
 
 from conftest import smooth_disp, smooth_volume
-from ofg_lib.losses import FixedLNCC, box_sum, grad_l2, lncc, lncc_conv3d, lncc_map, ofg_loss, unsupervised_loss
+from helpers import load_module
+from ofg_lib.losses import FixedLNCC, box_sum, grad_l2, lncc, ofg_loss, unsupervised_loss
+
+lncc_conv3d = load_module("benchmarks/published.py", "published").lncc_conv3d
 
 
 def np_box(x, window):
@@ -128,10 +131,17 @@ def test_unsupervised_loss_is_lncc_plus_reg():
     torch.testing.assert_close(unsupervised_loss(f, w, d, reg_weight=0.5), lncc(f, w) + 0.5 * grad_l2(d))
 
 
-def test_dense_conv3d_reference_and_map_agree_with_lncc():
+def test_dense_conv3d_reference_and_the_per_voxel_loss_agree_with_lncc():
     fixed, moving = smooth_volume((12, 13, 14), seed=0), smooth_volume((12, 13, 14), seed=5)
     ref = np_lncc(fixed[0, 0].numpy(), moving[0, 0].numpy(), 9)
     assert abs(float(lncc_conv3d(fixed, moving)) - ref) < 1e-10
-    cc = lncc_map(fixed, moving)
-    assert cc.shape == fixed.shape and float(cc.min()) >= 0 and float(cc.max()) <= 1
-    assert abs(-float(cc.mean()) - ref) < 1e-10
+    per_voxel = lncc(fixed, moving, reduction="none")          # -cc, cc in [0, 1]; its mean is the loss
+    assert per_voxel.shape == fixed.shape and float(per_voxel.max()) <= 0 and float(per_voxel.min()) >= -1
+    assert abs(float(per_voxel.mean()) - ref) < 1e-10
+    # its autograd gradient is the hand-written backward's
+    w1, w2 = moving.clone().requires_grad_(True), moving.clone().requires_grad_(True)
+    lncc(fixed, w1, reduction="none").mean().backward()
+    lncc(fixed, w2).backward()
+    torch.testing.assert_close(w1.grad, w2.grad, rtol=1e-6, atol=1e-12)
+    with pytest.raises(ValueError, match="reduction must be one of mean, none, got 'sum'"):
+        lncc(fixed, moving, reduction="sum")
