@@ -88,7 +88,8 @@ pair = {k: v[None].to(dev) for k, v in from_config(cfg, "train")[0].items() if k
 net = models.build(model, tuple(pair["fixed"].shape[2:])).to(dev)
 phi_pred = models.predict(net, pair["moving"], pair["fixed"])  # the model sees the pair stacked, moving first
 step = strategies.Step(pair["moving"], pair["fixed"], ["pair 0"], cfg, inner_lr,
-                       lambda phi, m, f, n, lr: (refine(phi, m, f, steps=n, lr=lr, reg_weight=cfg.inner_reg), {}))
+                       lambda phi, m, f, n, lr: (refine(phi, m, f, inner_steps=n, inner_lr=lr,
+                                                                 inner_reg=cfg.inner_reg), {}))
 for name in ("ofg", "unsupervised"):
     loss, logs = strategies.STRATEGIES[name](step, phi_pred)
     print(f"{name:>13s}: loss {loss.item():.5f}  " + "  ".join(f"{k} {v:.5f}" for k, v in logs.items()))

@@ -74,13 +74,13 @@ print(f"{cfg['model']} on {cfg['dataset']} {tuple(pairs[0]['fixed'].shape[2:])},
 # %%
 net, pair = nets["ofg"], pairs[0]
 phi_pred = models.predict(net, pair["moving"], pair["fixed"])
-phi_opt = refine(phi_pred, pair["moving"], pair["fixed"], steps=config.inner_steps, lr=config.inner_lr,
-                 reg_weight=config.inner_reg)
+phi_opt = refine(phi_pred, pair["moving"], pair["fixed"], inner_steps=config.inner_steps, inner_lr=config.inner_lr,
+                 inner_reg=config.inner_reg)
 by_hand = ofg_loss(phi_pred, phi_opt, config.ofg_reg)
 
 
 def plain_refine(phi, moving, fixed, steps, lr):
-    return refine(phi, moving, fixed, steps=steps, lr=lr, reg_weight=config.inner_reg), {}
+    return refine(phi, moving, fixed, inner_steps=steps, inner_lr=lr, inner_reg=config.inner_reg), {}
 
 
 step = strategies.Step(pair["moving"], pair["fixed"], ["pair 0"], config, config.inner_lr, plain_refine)

@@ -47,3 +47,12 @@ def finite(name: str, x: torch.Tensor) -> None:
     if not bool(torch.isfinite(x).all()):
         bad = int((~torch.isfinite(x)).sum())
         raise ValueError(f"{name} has {bad} non-finite value(s) (NaN or Inf) out of {x.numel()}")
+
+
+def renamed(where: str, given: dict, names: dict) -> None:
+    """Refuse keywords a function no longer takes: an old name (a key of `names`) names its new one, anything
+    else is an unexpected keyword, as Python would say."""
+    for key in given:
+        if key in names:
+            raise TypeError(f"{where}(): {key}= is now {names[key]}= (the name of its config key)")
+        raise TypeError(f"{where}() got an unexpected keyword argument {key!r}")

@@ -235,7 +235,8 @@ def _instance(moving, fixed, levels=INSTANCE["levels"], steps=INSTANCE["steps"],
     disp = torch.zeros(moving.shape[0], len(size), *size, device=moving.device, dtype=moving.dtype)
     for k, n in zip(levels, steps):
         k = max(1, min(int(k), min(size) // 2))
-        disp = refine(disp, moving, fixed, steps=int(n), lr=lr, reg_weight=reg_weight, window=window, downsample=k)
+        disp = refine(disp, moving, fixed, inner_steps=int(n), inner_lr=lr, inner_reg=reg_weight, window=window,
+                          downsample=k)
     return disp
 
 

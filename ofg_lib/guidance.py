@@ -33,8 +33,8 @@ def design_of(cfg, current: str) -> str:
 
 def instance_label(cfg, phi, moving, fixed, steps: int, lr: float, design: str = "instance"):
     """The instance optimizer's pseudo label for `phi` (detached, float32) and its energy log."""
-    r = refine_with_history(phi.detach().float(), moving.float(), fixed.float(), steps=steps, lr=lr,
-                            reg_weight=cfg.inner_reg, optimizer=cfg.inner_optimizer, final_energy=True,
+    r = refine_with_history(phi.detach().float(), moving.float(), fixed.float(), inner_steps=steps,
+                            inner_lr=lr, inner_reg=cfg.inner_reg, optimizer=cfg.inner_optimizer, final_energy=True,
                             downsample=cfg.inner_downsample if design == "downsample" else 1,
                             coarse_energy=cfg.inner_coarse_energy)
     logs = {"energy_before": r.energies[0] if r.energies else float("nan"),

@@ -212,13 +212,14 @@ def ofg_training_loss(pairs, inner_steps: int = 10, inner_lr: float = 0.1, inner
                       ofg_reg: float = 0.02, differentiable: bool = False):
     """loss_fn(model) = mean over pairs of OFG's training loss (Eq. 3) with phi_opt re-optimised at each point.
 
-    phi_pred = model(...), phi_opt = refine(phi_pred, steps=inner_steps, lr=inner_lr, reg_weight=inner_reg),
+    phi_pred = model(...), phi_opt = refine(phi_pred, inner_steps=..., inner_lr=..., inner_reg=...),
     loss = ofg_loss(phi_pred, phi_opt, ofg_reg): the landscape the paper draws for OFG. Float, or a tensor with
     `differentiable=True` (phi_opt is a constant, as in training).
     """
     def one(model, p):
         phi_pred = _phi(model, p)
-        phi_opt = refine(phi_pred, p["moving"], p["fixed"], steps=inner_steps, lr=inner_lr, reg_weight=inner_reg)
+        phi_opt = refine(phi_pred, p["moving"], p["fixed"], inner_steps=inner_steps, inner_lr=inner_lr,
+                         inner_reg=inner_reg)
         return ofg_loss(phi_pred, phi_opt, ofg_reg)
     return _pair_mean(pairs, one, differentiable)
 
@@ -271,8 +272,8 @@ def network_gradients(model, pair, inner_steps: int = 10, inner_lr: float = 0.1,
         phi = _phi(model, pair)
         unsup = unsupervised_loss(pair["fixed"], warp(pair["moving"], phi), phi, unsup_reg)
         field_grad, *g_unsup = torch.autograd.grad(unsup, [phi, *params], retain_graph=True)
-        phi_opt = refine(phi.detach(), pair["moving"], pair["fixed"], steps=inner_steps, lr=inner_lr,
-                         reg_weight=inner_reg, optimizer=inner_optimizer)
+        phi_opt = refine(phi.detach(), pair["moving"], pair["fixed"], inner_steps=inner_steps, inner_lr=inner_lr,
+                         inner_reg=inner_reg, optimizer=inner_optimizer)
         g_data = torch.autograd.grad(F.mse_loss(phi, phi_opt), params, retain_graph=True)
         g_reg = torch.autograd.grad(grad_l2(phi), params)
     return {"unsupervised": flat(g_unsup), "ofg_data": flat(g_data),

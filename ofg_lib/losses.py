@@ -211,18 +211,21 @@ def grad_l2(disp: torch.Tensor) -> torch.Tensor:
     return _GradL2.apply(disp)
 
 
-def ofg_loss(phi_pred: torch.Tensor, phi_opt: torch.Tensor, reg_weight: float = 0.02) -> torch.Tensor:
-    """Eq. 3: MSE(phi_pred, stopgrad(phi_opt)) + reg_weight * grad_l2(phi_pred) (lambda = 0.02 in the paper)."""
+def ofg_loss(phi_pred: torch.Tensor, phi_opt: torch.Tensor, ofg_reg: float = 0.02, **renamed) -> torch.Tensor:
+    """Eq. 3: MSE(phi_pred, stopgrad(phi_opt)) + ofg_reg * grad_l2(phi_pred) (lambda = 0.02 in the paper)."""
+    _checks.renamed("ofg_loss", renamed, {"reg_weight": "ofg_reg"})
     _checks.same_shape("phi_pred", phi_pred, "phi_opt", phi_opt)
-    return F.mse_loss(phi_pred, phi_opt.detach()) + reg_weight * grad_l2(phi_pred)
+    return F.mse_loss(phi_pred, phi_opt.detach()) + ofg_reg * grad_l2(phi_pred)
 
 
 def unsupervised_loss(fixed: torch.Tensor, warped: torch.Tensor, disp: torch.Tensor,
-                      reg_weight: float = 1.0, window: int = 9, terms: bool = False):
-    """The unsupervised baseline: lncc(fixed, warped) + reg_weight * grad_l2(disp) (lambda = 1 as published).
+                      unsup_reg: float = 1.0, window: int = 9, terms: bool = False, **renamed):
+    """The unsupervised baseline: lncc(fixed, warped) + unsup_reg * grad_l2(disp) (lambda = 1 as published).
 
-    With `terms=True`, returns (loss, similarity, regulariser) so a caller can log each term.
+    With `terms=True`, returns (loss, similarity, regulariser) so a caller can log each term. (The instance
+    optimizer's energy is the same sum with `inner_reg`.)
     """
+    _checks.renamed("unsupervised_loss", renamed, {"reg_weight": "unsup_reg"})
     sim, reg = lncc(fixed, warped, window, validate=False), grad_l2(disp)
-    loss = sim + reg_weight * reg
+    loss = sim + unsup_reg * reg
     return (loss, sim, reg) if terms else loss

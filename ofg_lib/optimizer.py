@@ -92,8 +92,8 @@ def _check_inputs(disp, moving, fixed, steps, lr, reg_weight, window, downsample
     if not (moving.dtype == fixed.dtype == disp.dtype):
         raise TypeError(f"disp, moving and fixed must share a dtype, got {disp.dtype}, {moving.dtype}, {fixed.dtype}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
-    for name, v in (("lr", lr), ("reg_weight", reg_weight)):
+        raise ValueError(f"inner_steps must be a non-negative integer, got {steps!r}")
+    for name, v in (("inner_lr", lr), ("inner_reg", reg_weight)):
         if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
             raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
     _check_window(window)
@@ -105,9 +105,13 @@ def _check_inputs(disp, moving, fixed, steps, lr, reg_weight, window, downsample
         raise ValueError(f"downsample {downsample} leaves fewer than 2 voxels along an axis of {tuple(moving.shape[2:])}")
 
 
-def refine_with_history(disp: torch.Tensor, moving: torch.Tensor, fixed: torch.Tensor, steps: int = 10,
-                        lr: float = 0.1, reg_weight: float = 1.0, optimizer: str = "adam", window: int = 9,
-                        final_energy: bool = False, downsample: int = 1, coarse_energy: bool = False) -> Refined:
+_RENAMED = {"steps": "inner_steps", "lr": "inner_lr", "reg_weight": "inner_reg"}
+
+
+def refine_with_history(disp: torch.Tensor, moving: torch.Tensor, fixed: torch.Tensor, inner_steps: int = 10,
+                        inner_lr: float = 0.1, inner_reg: float = 1.0, optimizer: str = "adam", window: int = 9,
+                        final_energy: bool = False, downsample: int = 1, coarse_energy: bool = False,
+                        **renamed) -> Refined:
     """Run the instance optimizer and keep the energy before every step (see `refine`).
 
     `downsample=k` > 1 is the paper's DownSample optimizer (Sec. 4.6, Table 4): the field is resized to 1/k of
@@ -123,6 +127,8 @@ def refine_with_history(disp: torch.Tensor, moving: torch.Tensor, fixed: torch.T
     keeps the full-resolution energy (the design of the committed ablation tables). Energies, the final one
     included, are then coarse energies.
     """
+    _checks.renamed("refine_with_history", renamed, _RENAMED)
+    steps, lr, reg_weight = inner_steps, inner_lr, inner_reg
     _check_inputs(disp, moving, fixed, steps, lr, reg_weight, window, downsample)
     size = tuple(moving.shape[2:])
     if coarse_energy and downsample > 1:
@@ -196,15 +202,18 @@ def _refine_with_kernels(disp, moving, fixed, steps, lr, reg_weight, optimizer, 
     return result
 
 
-def refine(disp: torch.Tensor, moving: torch.Tensor, fixed: torch.Tensor, steps: int = 10, lr: float = 0.1,
-           reg_weight: float = 1.0, optimizer: str = "adam", window: int = 9, downsample: int = 1,
-           coarse_energy: bool = False) -> torch.Tensor:
+def refine(disp: torch.Tensor, moving: torch.Tensor, fixed: torch.Tensor, inner_steps: int = 10,
+           inner_lr: float = 0.1, inner_reg: float = 1.0, optimizer: str = "adam", window: int = 9,
+           downsample: int = 1, coarse_energy: bool = False, **renamed) -> torch.Tensor:
     """Refine `disp` (B, 3, D, H, W, voxels) toward aligning `moving` to `fixed`; return it detached.
 
-    `steps` optimizer steps (10 in the paper) of Adam with amsgrad (`optimizer="adam"`, the published choice)
-    or plain SGD, learning rate `lr` (0.1), on lncc + reg_weight * grad_l2 (reg_weight 1). The input tensor is
-    never modified. `downsample=k` optimises the field at 1/k resolution (see `refine_with_history`). If a step
-    would make the field non-finite, it stops, warns, and returns the last finite field.
+    `inner_steps` optimizer steps (10 in the paper) of Adam with amsgrad (`optimizer="adam"`, the published
+    choice) or plain SGD, learning rate `inner_lr` (0.1), on lncc + inner_reg * grad_l2 (inner_reg 1). The
+    argument names are the config keys (`ofg_lib.config`); the old `steps=`, `lr=`, `reg_weight=` are refused
+    with the new name. The input tensor is never modified. `downsample=k` optimises the field at 1/k resolution
+    (see `refine_with_history`). If a step would make the field non-finite, it stops, warns, and returns the last
+    finite field.
     """
-    return refine_with_history(disp, moving, fixed, steps, lr, reg_weight, optimizer, window,
+    _checks.renamed("refine", renamed, _RENAMED)
+    return refine_with_history(disp, moving, fixed, inner_steps, inner_lr, inner_reg, optimizer, window,
                                downsample=downsample, coarse_energy=coarse_energy).disp

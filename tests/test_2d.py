@@ -61,7 +61,7 @@ def test_jacobian_2d_matches_numpy_and_counts_folds():
 def test_refine_lowers_the_energy_in_2d():
     fixed = smooth_volume((32, 36), seed=0, noise=0.0, coarse=8).float()
     moving = warp(fixed, smooth_disp((32, 36), 1.5, seed=4).float())
-    r = refine_with_history(torch.zeros(1, 2, 32, 36), moving, fixed, steps=10, lr=0.1, final_energy=True)
+    r = refine_with_history(torch.zeros(1, 2, 32, 36), moving, fixed, inner_steps=10, inner_lr=0.1, final_energy=True)
     assert r.disp.shape == (1, 2, 32, 36) and r.steps_taken == 10
     assert r.final_energy < r.energies[0]
 

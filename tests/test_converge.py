@@ -270,14 +270,14 @@ def test_the_coarse_energy_downsample_optimizer_is_refinement_on_coarse_images()
     shape = (24, 32, 16)
     m, f = smooth_volume(shape, seed=3, dtype=torch.float32), smooth_volume(shape, seed=4, dtype=torch.float32)
     d = smooth_disp(shape, 1.5, dtype=torch.float32)
-    r = refine_with_history(d, m, f, steps=5, lr=0.1, downsample=2, coarse_energy=True, final_energy=True)
+    r = refine_with_history(d, m, f, inner_steps=5, inner_lr=0.1, downsample=2, coarse_energy=True, final_energy=True)
     coarse = [s // 2 for s in shape]
     down = lambda x: F.interpolate(x, size=coarse, mode="trilinear", align_corners=True)   # noqa: E731
-    by_hand = refine_with_history(resize_disp(d, coarse), down(m), down(f), steps=5, lr=0.05, final_energy=True)
+    by_hand = refine_with_history(resize_disp(d, coarse), down(m), down(f), inner_steps=5, inner_lr=0.05, final_energy=True)
     assert torch.allclose(r.coarse, by_hand.disp) and r.energies == by_hand.energies
     assert torch.allclose(r.disp, resize_disp(by_hand.disp, shape)) and r.disp.shape == d.shape
     assert r.final_energy < r.energies[0]                                   # it lowers its own (coarse) energy
-    full = refine_with_history(d, m, f, steps=5, lr=0.1, downsample=2)     # today's design: another field
+    full = refine_with_history(d, m, f, inner_steps=5, inner_lr=0.1, downsample=2)     # today's design: another field
     assert not torch.allclose(full.disp, r.disp)
 
 

@@ -219,7 +219,7 @@ def test_the_pair_losses_of_an_identity_network_match_direct_computations(pairs)
     score = mean_dice(pairs, labels=[1, 2])(net)
     assert score == pytest.approx(float(dice(p["moving_seg"], p["fixed_seg"], [1, 2]).nanmean()), abs=1e-12)
     ofg = ofg_training_loss(pairs, inner_steps=2)(net)
-    phi_opt = refine(torch.zeros(1, 3, *SHAPE), p["moving"], p["fixed"], steps=2)
+    phi_opt = refine(torch.zeros(1, 3, *SHAPE), p["moving"], p["fixed"], inner_steps=2)
     assert ofg == pytest.approx(float(phi_opt.square().mean()), rel=1e-5)      # mse(0, phi_opt) + 0.02 * 0
 
 

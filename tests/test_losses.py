@@ -128,7 +128,7 @@ def test_ofg_loss_is_eq3_and_stops_gradient_to_the_target():
 def test_unsupervised_loss_is_lncc_plus_reg():
     f, w = smooth_volume((10, 10, 10)), smooth_volume((10, 10, 10), seed=3)
     d = smooth_disp((10, 10, 10), 1.0)
-    torch.testing.assert_close(unsupervised_loss(f, w, d, reg_weight=0.5), lncc(f, w) + 0.5 * grad_l2(d))
+    torch.testing.assert_close(unsupervised_loss(f, w, d, unsup_reg=0.5), lncc(f, w) + 0.5 * grad_l2(d))
 
 
 def test_dense_conv3d_reference_and_the_per_voxel_loss_agree_with_lncc():

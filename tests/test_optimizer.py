@@ -25,7 +25,7 @@ def energy(disp, moving, fixed):
 def test_refine_lowers_energy_and_moves_toward_the_truth(pair):
     moving, fixed, disp_true = pair
     start = torch.zeros(1, 3, *SHAPE)
-    out = refine_with_history(start, moving, fixed, steps=30, lr=0.1, final_energy=True)
+    out = refine_with_history(start, moving, fixed, inner_steps=30, inner_lr=0.1, final_energy=True)
     assert out.finite and out.steps_taken == 30 and len(out.energies) == 30
     assert out.final_energy < out.energies[0] - 0.1
     assert abs(out.final_energy - energy(out.disp, moving, fixed)) < 1e-5
@@ -39,7 +39,7 @@ def test_refine_never_changes_its_input_and_builds_no_graph(pair):
     net = torch.nn.Conv3d(2, 3, 3, padding=1)
     phi_pred = net(torch.cat([moving, fixed], 1))          # a prediction attached to a network
     before = phi_pred.detach().clone()
-    phi_opt = refine(phi_pred, moving, fixed, steps=3)
+    phi_opt = refine(phi_pred, moving, fixed, inner_steps=3)
     assert torch.equal(phi_pred.detach(), before)
     assert not phi_opt.requires_grad and phi_opt.grad_fn is None
     assert all(p.grad is None for p in net.parameters())
@@ -50,19 +50,19 @@ def test_refine_works_under_no_grad_and_with_sgd(pair):
     moving, fixed, _ = pair
     start = torch.zeros(1, 3, *SHAPE)
     with torch.no_grad():
-        a = refine(start, moving, fixed, steps=2)
+        a = refine(start, moving, fixed, inner_steps=2)
     assert not torch.equal(a, start)
     # SGD's step is lr * gradient, and LNCC's gradient per voxel is O(1 / n_voxels): it needs a large lr.
-    sgd = refine_with_history(start, moving, fixed, steps=5, lr=1e3, optimizer="sgd", final_energy=True)
+    sgd = refine_with_history(start, moving, fixed, inner_steps=5, inner_lr=1e3, optimizer="sgd", final_energy=True)
     assert sgd.final_energy < sgd.energies[0] - 0.05
-    assert torch.equal(refine(start, moving, fixed, steps=0), start)
+    assert torch.equal(refine(start, moving, fixed, inner_steps=0), start)
 
 
 def test_refine_stops_at_the_last_finite_field(pair):
     moving, fixed, _ = pair
     start = torch.zeros(1, 3, *SHAPE)
     with pytest.warns(RuntimeWarning, match="non-finite"):
-        out = refine_with_history(start, moving, fixed, steps=10, lr=1e30)
+        out = refine_with_history(start, moving, fixed, inner_steps=10, inner_lr=1e30)
     assert not out.finite and out.steps_taken < 10
     assert torch.isfinite(out.disp).all()
 
@@ -71,8 +71,8 @@ def test_refine_stops_at_the_last_finite_field(pair):
     ({"fixed": torch.zeros(1, 1, 8, 8, 8)}, ValueError, "shape"),
     ({"disp": torch.zeros(1, 3, 8, 8, 8)}, ValueError, "disp must have shape"),
     ({"moving": torch.full((1, 1, *SHAPE), float("inf"))}, ValueError, "moving has .* non-finite"),
-    ({"steps": -1}, ValueError, "steps"),
-    ({"lr": float("nan")}, ValueError, "lr"),
+    ({"inner_steps": -1}, ValueError, "inner_steps must be"),
+    ({"inner_lr": float("nan")}, ValueError, "inner_lr must be"),
     ({"window": 4}, ValueError, "odd"),
     ({"optimizer": "lbfgs"}, ValueError, "optimizer must be"),
     ({"disp": torch.zeros(1, 3, *SHAPE, dtype=torch.float64)}, TypeError, "dtype"),
@@ -114,14 +114,14 @@ def _both(disp, moving, fixed, **kw):
 @needs_numba
 @pytest.mark.parametrize("shape, batch, kw", [
     ((12, 14, 16), 1, {}),
-    ((12, 14, 16), 2, {"optimizer": "sgd", "lr": 300.0, "reg_weight": 0.5}),
+    ((12, 14, 16), 2, {"optimizer": "sgd", "inner_lr": 300.0, "inner_reg": 0.5}),
     ((6, 10, 12), 1, {"window": 9}),             # a window wider than an axis
     ((20, 24), 2, {}),
-    ((20, 24), 1, {"window": 5, "reg_weight": 2.0}),
+    ((20, 24), 1, {"window": 5, "inner_reg": 2.0}),
 ])
 def test_the_cpu_kernels_compute_what_pytorchs_path_computes_in_float64(shape, batch, kw):
     moving, fixed, disp = _problem(shape, batch)
-    torch_path, fused = _both(disp, moving, fixed, steps=10, **kw)
+    torch_path, fused = _both(disp, moving, fixed, inner_steps=10, **kw)
     assert fused.steps_taken == torch_path.steps_taken == 10 and fused.finite
     assert (fused.disp - torch_path.disp).abs().max() < 1e-7     # rounding only (a wrong term moves it >1e-3)
     assert max(abs(a - b) for a, b in zip(fused.energies, torch_path.energies)) < 1e-10
@@ -137,8 +137,8 @@ def test_in_float32_the_kernels_are_no_further_from_exact_arithmetic_than_pytorc
     # each voxel there takes lr-sized steps in a direction the rounding picks. So both paths are measured against
     # the float64 result, and the kernels must be no further from it (first energy: same field, tighter).
     moving, fixed, disp = _problem(shape, dtype=torch.float64)
-    exact, _ = _both(disp, moving, fixed, steps=10)
-    torch32, fused32 = _both(disp.float(), moving.float(), fixed.float(), steps=10)
+    exact, _ = _both(disp, moving, fixed, inner_steps=10)
+    torch32, fused32 = _both(disp.float(), moving.float(), fixed.float(), inner_steps=10)
 
     def errors(r):
         return (float((r.disp.double() - exact.disp).abs().max()),
@@ -177,7 +177,7 @@ def test_the_kernels_stop_where_pytorchs_path_stops_and_the_switch_restores():
     moving, fixed, disp = _problem((10, 12, 14), dtype=torch.float32)
     before = cpu_kernels()
     with pytest.warns(RuntimeWarning, match="non-finite"):
-        torch_path, fused = _both(disp, moving, fixed, steps=10, lr=1e30)
+        torch_path, fused = _both(disp, moving, fixed, inner_steps=10, inner_lr=1e30)
     assert cpu_kernels() == before
     assert not fused.finite and fused.steps_taken == torch_path.steps_taken < 10
     assert fused.final_energy is None and torch.isfinite(fused.disp).all()
@@ -194,14 +194,14 @@ def test_the_kernels_are_not_used_where_they_do_not_apply(monkeypatch):
         raise AssertionError("the kernels ran")
     monkeypatch.setattr(optimizer._refine_cpu, "run", boom)
     moving, fixed, disp = _problem((8, 10, 12), dtype=torch.float32)
-    refine_with_history(disp, moving, fixed, steps=1, downsample=2)
+    refine_with_history(disp, moving, fixed, inner_steps=1, downsample=2)
     two = torch.cat([moving, moving], 1), torch.cat([fixed, fixed], 1)
-    refine_with_history(disp, *two, steps=1)
+    refine_with_history(disp, *two, inner_steps=1)
     with optimizer.cpu_kernels_set(False):
-        refine_with_history(disp, moving, fixed, steps=1)
+        refine_with_history(disp, moving, fixed, inner_steps=1)
     if optimizer._refine_cpu.AVAILABLE:
         with pytest.raises(AssertionError, match="the kernels ran"):
-            refine_with_history(disp, moving, fixed, steps=1)
+            refine_with_history(disp, moving, fixed, inner_steps=1)
 
 
 @needs_numba
@@ -211,10 +211,31 @@ def test_the_kernels_use_as_many_threads_as_pytorch_may():
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        refine(disp, moving, fixed, steps=1)
+        refine(disp, moving, fixed, inner_steps=1)
         assert numba.get_num_threads() == 1
         torch.set_num_threads(2)
-        refine(disp, moving, fixed, steps=1)
+        refine(disp, moving, fixed, inner_steps=1)
         assert numba.get_num_threads() == min(2, numba.config.NUMBA_NUM_THREADS)
     finally:
         torch.set_num_threads(before)
+
+
+def test_old_keyword_names_are_refused_with_the_new_one(pair):
+    """refine / ofg_loss / unsupervised_loss take the config keys' names; the old ones say what replaced them."""
+    from ofg_lib.losses import ofg_loss, unsupervised_loss
+    moving, fixed, _ = pair
+    start = torch.zeros(1, 3, *moving.shape[2:])
+    for old, new in (("steps", "inner_steps"), ("lr", "inner_lr"), ("reg_weight", "inner_reg")):
+        with pytest.raises(TypeError, match=f"refine\\(\\): {old}= is now {new}="):
+            refine(start, moving, fixed, **{old: 1})
+        with pytest.raises(TypeError, match=f"refine_with_history\\(\\): {old}= is now {new}="):
+            refine_with_history(start, moving, fixed, **{old: 1})
+    with pytest.raises(TypeError, match="ofg_loss\\(\\): reg_weight= is now ofg_reg="):
+        ofg_loss(start, start, reg_weight=0.02)
+    with pytest.raises(TypeError, match="unsupervised_loss\\(\\): reg_weight= is now unsup_reg="):
+        unsupervised_loss(fixed, moving, start, reg_weight=1.0)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'step'"):
+        refine(start, moving, fixed, step=1)
+    # the new names are the same computation as positional arguments
+    torch.testing.assert_close(refine(start, moving, fixed, inner_steps=2, inner_lr=0.05, inner_reg=0.5),
+                               refine(start, moving, fixed, 2, 0.05, 0.5))

@@ -62,15 +62,15 @@ def test_downsampled_optimizer_works_on_a_coarse_field_and_lowers_the_energy():
     fixed = smooth_volume((32, 40), seed=0, noise=0.0, coarse=8).float()
     moving = warp(fixed, smooth_disp((32, 40), 1.5, seed=4).float())
     start = smooth_disp((32, 40), 0.3, seed=9).float()
-    r = refine_with_history(start, moving, fixed, steps=10, lr=0.1, downsample=4, final_energy=True)
+    r = refine_with_history(start, moving, fixed, inner_steps=10, inner_lr=0.1, downsample=4, final_energy=True)
     assert r.disp.shape == start.shape and r.final_energy < r.energies[0]
     # the parameter is a field of 8 x 10 vectors; the result is it upsampled
     assert r.coarse.shape == (1, 2, 8, 10)
     torch.testing.assert_close(resize_disp(r.coarse, (32, 40)), r.disp, atol=0, rtol=0)
     # and the prediction's fine detail is gone after the first resize (the paper's explanation of Table 4)
-    full = refine_with_history(start, moving, fixed, steps=0, downsample=1).disp
+    full = refine_with_history(start, moving, fixed, inner_steps=0, downsample=1).disp
     assert torch.equal(full, start)
-    assert not torch.allclose(refine_with_history(start, moving, fixed, steps=0, downsample=4).disp, start, atol=1e-3)
+    assert not torch.allclose(refine_with_history(start, moving, fixed, inner_steps=0, downsample=4).disp, start, atol=1e-3)
     with pytest.raises(ValueError, match="fewer than 2 voxels"):
         refine_with_history(start, moving, fixed, downsample=32)
 
