@@ -49,3 +49,7 @@ def main(argv=None):
         print(json.dumps(summary, indent=1))
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -24,7 +24,6 @@ import dataclasses
 import json
 import math
 import os
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -46,7 +45,7 @@ from .config import CLI_FLAGS, RESUMABLE, RUNTIME, TrainConfig, config_differenc
 from .runs import RUN_FILES, RunFolder, claim, trained_size  # noqa: F401 (RUN_FILES re-exported)
 from .strategies import STRATEGIES, Step, strategy
 
-__all__ = ["TrainConfig", "Trainer", "run", "STRATEGIES", "strategy", "load_config", "main", "RESUMABLE",
+__all__ = ["TrainConfig", "Trainer", "run", "STRATEGIES", "strategy", "load_config", "RESUMABLE",
            "RUNTIME", "RUN_FILES", "CLI_FLAGS", "plateaued"]
 
 
@@ -181,7 +180,8 @@ class Trainer:
         idx = torch.cat([torch.randperm(n, generator=g) for _ in range(math.ceil(need / n))])[:need].tolist()
         return idx[self.rank::self.world]
 
-    def _loader(self, epoch):
+    def batches(self, epoch):
+        """The epoch's training batches, in training order (a DataLoader over this rank's share)."""
         order, bs = self._order(epoch), self.cfg.batch_size
         batches = [order[i * bs:(i + 1) * bs] for i in range(self.cfg.steps_per_epoch)]
         # its own generator: a DataLoader would otherwise draw its worker seed from the global torch RNG
@@ -226,7 +226,7 @@ class Trainer:
         """`guidance.train_epoch_copy` (the earlier network design) on this epoch's pairs, timed."""
         def unsupervised_step(moving, fixed, ids, phi):
             return STRATEGIES["unsupervised"](Step(moving, fixed, ids, self.cfg, self.inner_lr, self._refine), phi)[0]
-        self.pseudo_net = self._timed_inner(guidance.train_epoch_copy, self.model, lambda: self._loader(epoch),
+        self.pseudo_net = self._timed_inner(guidance.train_epoch_copy, self.model, lambda: self.batches(epoch),
                                             self.cfg, lr, self.device, unsupervised_step)
 
     def may_guide(self, epoch: int) -> bool:
@@ -279,7 +279,7 @@ class Trainer:
             self.train_optimizer_network(epoch, lr)
         if cfg.optimizer_design == "optimizer-network" and self.may_guide(epoch):
             self.train_persistent_optimizer_network(epoch, lr)
-        batches = iter(self._loader(epoch))
+        batches = iter(self.batches(epoch))
         bar = progress_bar(range(cfg.steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs} {cfg.strategy}",
                            disable=not cfg.progress or self.rank != 0, leave=False)
         for _ in bar:
@@ -452,11 +452,6 @@ def run(config, out=None, resume: bool | str = False, callbacks=(), overwrite: b
         torch.set_num_threads(threads)
 
 
-def main(argv=None):
-    """The command line (`python -m ofg_lib.train`, `ofg_lib.cli`)."""
-    from .cli import main as cli_main
-    return cli_main(argv)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])
+if __name__ == "__main__":     # `python -m ofg_lib.train ...`: the command line lives in ofg_lib.cli
+    import runpy
+    runpy.run_module("ofg_lib.cli", run_name="__main__", alter_sys=True)
