@@ -6,7 +6,7 @@
 # fields, and the Jacobian determinant that tells where a field folds (with a slider to make it fold).
 #
 # **Cost.** About 15 s on a laptop CPU at the default size; the `gpu` profile runs it at 160x192x224 in
-# seconds on one GPU. Code: `ofg_lib/transform.py`, `ofg_lib/metrics.py`, `ofg_lib/viz.py`.
+# seconds on one GPU. Code: `ofg_lib/transform.py`, `ofg_lib/metrics.py`, `ofg_lib/viz/fields.py`.
 
 # %% tags=["parameters"]
 size = [64, 80, 96]  # volume size (D, H, W); the paper's IXI/OASIS volumes are 160x192x224

@@ -49,6 +49,7 @@ from ofg_lib import models, strategies, train, viz
 from ofg_lib.compare import compare
 from ofg_lib.data import from_config
 from ofg_lib.evaluate import load_run
+from ofg_lib.losses import ofg_loss
 from ofg_lib.optimizer import refine
 from ofg_lib.paths import resolve
 
@@ -93,6 +94,32 @@ step = strategies.Step(pair["moving"], pair["fixed"], ["pair 0"], cfg, inner_lr,
 for name in ("ofg", "unsupervised"):
     loss, logs = strategies.STRATEGIES[name](step, phi_pred)
     print(f"{name:>13s}: loss {loss.item():.5f}  " + "  ".join(f"{k} {v:.5f}" for k, v in logs.items()))
+
+# %% [markdown]
+# ### One epoch of OFG by hand
+# The trainer adds bookkeeping (timing, logs, checkpoints, schedules, other strategies) around a short loop.
+# Here it is written out for one epoch, on a trainer's model and data: predict, refine a detached copy, Eq. 3,
+# one Adam step (amsgrad, as published). A second trainer of the same config (same seed: same initial weights,
+# same pairs in the same order) runs its own epoch, and the two networks must end with identical weights.
+
+# %%
+one = train.load_config({**base, "strategy": "ofg", "progress": False})
+mine = train.Trainer(one)                  # the model, data and order of a run of this config, nothing trained
+adam = torch.optim.Adam(mine.model.parameters(), lr=one.lr, amsgrad=True)
+for batch in mine.batches(epoch=0):        # the first epoch's pairs, in the trainer's order
+    moving, fixed = batch["moving"].to(mine.device), batch["fixed"].to(mine.device)
+    phi_pred = models.predict(mine.model, moving, fixed)
+    phi_opt = refine(phi_pred.detach(), moving, fixed, one.inner_steps, one.inner_lr, one.inner_reg)
+    loss = ofg_loss(phi_pred, phi_opt, one.ofg_reg)
+    adam.zero_grad()
+    loss.backward()
+    adam.step()
+
+theirs = train.Trainer(one)
+theirs.train_epoch()
+same = all(torch.equal(a, b) for a, b in zip(mine.model.parameters(), theirs.model.parameters()))
+print(f"after {one.steps_per_epoch} OFG steps the hand-written loop and the trainer hold identical weights: {same}")
+assert same
 
 # %% [markdown]
 # Self-training (a frozen teacher's prediction as the target), optimized self-training (that prediction

@@ -10,7 +10,7 @@
 # **Cost.** After notebook 05, the networks' sections take under a minute on a laptop CPU; the classical methods
 # of section 4 take seconds per pair each (the `cpu` profile's 8 pairs: 195 s for the whole notebook on 2 cores,
 # measured). Code: `ofg_lib/evaluate.py`, `ofg_lib/metrics.py`, `ofg_lib/baselines.py`, `ofg_lib/report.py`,
-# `ofg_lib/viz.py`.
+# `ofg_lib/viz/`.
 
 # %% tags=["parameters"]
 run_dir = "results/ci/05_training"  # notebook 05's run folder (relative to the checkout)

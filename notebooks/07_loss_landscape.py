@@ -13,7 +13,8 @@
 # a minute or two on a laptop CPU after notebook 05. The `cpu` profile (`make reproduce`) uses notebook 05's
 # VoxelMorph-1 runs at 48x64x64 with an 11x11 grid and 3 pairs, plus two short training runs for section 3:
 # several minutes on 2 CPU cores (the executed notebook prints each part's time). The `gpu` profile draws the
-# paper's size (21x21, 5 pairs) on the published models. Code: `ofg_lib/landscape.py`, `ofg_lib/viz.py`.
+# paper's size (21x21, 5 pairs) on the published models. Code: `ofg_lib/landscape.py`, `ofg_lib/gradients.py`,
+# `ofg_lib/viz/landscapes.py`.
 
 # %% tags=["parameters"]
 run_dir = "results/ci/05_training"  # notebook 05's run folder (relative to the checkout); its runs are analysed
@@ -40,6 +41,7 @@ import torch
 from IPython.display import Markdown, display
 
 import ofg_lib
+from ofg_lib import gradients as G
 from ofg_lib import landscape as L
 from ofg_lib import models, strategies, train
 from ofg_lib.compare import load_runs
@@ -98,13 +100,13 @@ assert torch.allclose(by_hand, by_strategy, rtol=1e-6)
 
 # %%
 t0 = time.perf_counter()
-g = L.network_gradients(net, pair, inner_steps=1, inner_lr=sgd_lr, inner_optimizer="sgd",
+g = G.network_gradients(net, pair, inner_steps=1, inner_lr=sgd_lr, inner_optimizer="sgd",
                         inner_reg=config.inner_reg, unsup_reg=config.unsup_reg)
 n = g["phi_pred"].numel()
 ratio = float(g["ofg_data"] @ g["unsupervised"] / (g["unsupervised"] @ g["unsupervised"]))
-print(f"cosine(OFG data term, unsupervised) = {L.cosine(g['ofg_data'], g['unsupervised']):.6f}; "
+print(f"cosine(OFG data term, unsupervised) = {G.cosine(g['ofg_data'], g['unsupervised']):.6f}; "
       f"scale {ratio:.4e} against 2 lr / N = {2 * sgd_lr / n:.4e}")
-assert L.cosine(g["ofg_data"], g["unsupervised"]) > 0.999
+assert G.cosine(g["ofg_data"], g["unsupervised"]) > 0.999
 
 # %% [markdown]
 # **One Adam step.** Adam's first update is $\eta\,\hat m/(\sqrt{\hat v} + \epsilon)$ with $\hat m = g$ and
@@ -113,7 +115,7 @@ assert L.cosine(g["ofg_data"], g["unsupervised"]) > 0.999
 # regions (tiny gradient) the pseudo label moves as far as at edges.
 
 # %%
-a = L.network_gradients(net, pair, inner_steps=1, inner_lr=config.inner_lr, inner_reg=config.inner_reg,
+a = G.network_gradients(net, pair, inner_steps=1, inner_lr=config.inner_lr, inner_reg=config.inner_reg,
                         unsup_reg=config.unsup_reg)
 moved = (a["phi_opt"] - a["phi_pred"]).norm(dim=1)[0].cpu()
 grad_size = a["field_grad"].norm(dim=1)[0].cpu()
@@ -132,10 +134,10 @@ torch.manual_seed(config.seed)
 fresh = models.build(config.model, tuple(pairs[0]["fixed"].shape[2:])).to(dev)
 rows = []
 for name, model in (("initialisation", fresh), ("unsupervised net", nets["unsupervised"]), ("OFG net", nets["ofg"])):
-    c = [L.network_gradients(model, p, config.inner_steps, config.inner_lr, config.inner_reg, config.ofg_reg,
+    c = [G.network_gradients(model, p, config.inner_steps, config.inner_lr, config.inner_reg, config.ofg_reg,
                              config.unsup_reg, config.inner_optimizer) for p in pairs]
-    rows.append((name, np.mean([L.cosine(x["ofg"], x["unsupervised"]) for x in c]),
-                 np.mean([L.cosine(x["ofg_data"], x["unsupervised"]) for x in c])))
+    rows.append((name, np.mean([G.cosine(x["ofg"], x["unsupervised"]) for x in c]),
+                 np.mean([G.cosine(x["ofg_data"], x["unsupervised"]) for x in c])))
     print(f"{name:>17s}: cosine(OFG, unsupervised) {rows[-1][1]:+.3f}; data term only {rows[-1][2]:+.3f}")
 timings["section 2"] = time.perf_counter() - t0
 
@@ -152,7 +154,7 @@ t0 = time.perf_counter()
 schedule = {}
 for mode in ("poly", "constant"):
     out = resolve(run_dir) / "07_schedule" / f"{mode}-seed{seed}"
-    logger = L.CosineLogger(pairs, out / "cosines.json")
+    logger = G.CosineLogger(pairs, out / "cosines.json")
     # resume="auto", exact=True: reuse a finished run of this very config, resume an unfinished one, else train
     summary = train.run({**cfg, "epochs": schedule_epochs, "steps_per_epoch": schedule_steps, "val_every": 1,
                          "inner_lr_schedule": mode, "progress": False}, out=out, resume="auto", exact=True,

@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from conftest import smooth_disp, smooth_volume
-from ofg_lib.landscape import (convex_fraction, cosine, energy_and_dice, mean_dice, network_gradients, ofg_training_loss,
-                               random_directions, rise, sharpness, surface,
-                               unsupervised_energy)
+from ofg_lib.gradients import cosine, network_gradients
+from ofg_lib.landscape import (convex_fraction, energy_and_dice, mean_dice, ofg_training_loss, random_directions, rise,
+                               sharpness, surface, unsupervised_energy)
 from ofg_lib.losses import lncc
 from ofg_lib.metrics import dice
 from ofg_lib.optimizer import refine
