@@ -45,7 +45,7 @@ import torch
 from IPython.display import Markdown, display
 
 import ofg_lib
-from ofg_lib import models, strategies, train, viz
+from ofg_lib import config, models, strategies, train, viz
 from ofg_lib.compare import compare
 from ofg_lib.data import from_config
 from ofg_lib.evaluate import load_run
@@ -54,11 +54,8 @@ from ofg_lib.optimizer import refine
 from ofg_lib.paths import resolve
 
 out = resolve(run_dir) / "compare"
-base = {"model": model, "dataset": dataset, "data_root": data_root or None, "img_size": img_size,
-        "embedded_rms": embedded_rms or None, "data_seed": data_seed, "epochs": epochs,
-        "steps_per_epoch": steps_per_epoch, "lr": lr, "lr_schedule": lr_schedule, "inner_steps": inner_steps,
-        "inner_lr": inner_lr, "inner_lr_schedule": inner_lr_schedule, "val_pairs": val_pairs, "threads": threads,
-        "device": device}
+# the parameters above named as config keys, as one config (empty data_root / zero RMS: the defaults)
+base = config.from_namespace(globals(), data_root=data_root or None, embedded_rms=embedded_rms or None)
 print("device:", ofg_lib.device(device), "| runs in", out)
 
 # %% [markdown]

@@ -23,8 +23,8 @@ from .metrics import ABSENT
 from .optimizer import OPTIMIZERS
 from .strategies import STRATEGIES
 
-__all__ = ["TrainConfig", "load_config", "config_differences", "DESIGNS", "RUNTIME", "RESUMABLE", "CLI_FLAGS",
-           "RENAMED"]
+__all__ = ["TrainConfig", "load_config", "config_differences", "from_namespace", "DESIGNS", "RUNTIME", "RESUMABLE",
+           "CLI_FLAGS", "RENAMED"]
 
 
 @dataclass
@@ -303,3 +303,14 @@ def config_differences(stored: dict, cfg: TrainConfig, ignore=RESUMABLE) -> list
     keys = sorted((set(stored) | set(want)) - set(ignore))
     return [f"{k}: {stored.get(k, '(absent)')!r} -> {want.get(k, '(absent)')!r}" for k in keys
             if stored.get(k, "(absent)") != want.get(k, "(absent)")]
+
+
+def from_namespace(namespace: dict, **values) -> dict:
+    """The config keys a notebook's parameter cell defines: {key: namespace[key]} for every TrainConfig key
+    found in `namespace` (e.g. `globals()`), then `values` (conversions such as `data_root=data_root or None`).
+
+    Parameter cells name their variables as the config keys, so a notebook builds its config in one call
+    instead of re-typing each key; other names in the namespace (seeds, run_dir, imported modules) are ignored.
+    """
+    keys = [f.name for f in dataclasses.fields(TrainConfig)]
+    return {**{k: namespace[k] for k in keys if k in namespace}, **values}

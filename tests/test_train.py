@@ -136,3 +136,13 @@ def test_a_diverging_run_stops_with_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setitem(train.STRATEGIES, "unsupervised", nan_loss)
     with pytest.raises(FloatingPointError, match="diverged at step 1.*lower lr"):
         train.run({**TINY, "strategy": "unsupervised", "epochs": 1}, out=tmp_path)
+
+
+def test_a_notebooks_parameters_become_its_config_in_one_call():
+    """config.from_namespace: the TrainConfig keys a parameter cell defines, other names ignored, then overrides."""
+    from ofg_lib.config import from_namespace
+    cell = {"model": "voxelmorph-1-tiny", "lr": 2e-3, "inner_steps": 5, "seeds": [0, 1], "run_dir": "x",
+            "data_root": "", "train": train, "np": None}
+    base = from_namespace(cell, data_root=cell["data_root"] or None)
+    assert base == {"model": "voxelmorph-1-tiny", "lr": 2e-3, "inner_steps": 5, "data_root": None}
+    assert train.load_config(base).inner_steps == 5
