@@ -302,12 +302,17 @@ def _design_note(rows) -> str | None:
 
 # The paper's ablation claims, each "this change costs Dice against full OFG", with the sweep table (a NAME.json
 # of `sweep`) that tests it, and whether it leans on the unsupervised loss (then it presupposes that full OFG
-# beats unsupervised training: `ofg_lib.stats`). Points of a table not named in `points` are all taken.
+# beats unsupervised training: `ofg_lib.stats`). Points of a table not named in `points` are all taken. `share`
+# orders a Fig. 6 axis by its unsupervised share (the paper: "a notable decrease in performance with increased
+# reliance on unsupervised methods"), for the trend between a table's points.
 CLAIMS = [
     {"claim": "self-training below OFG (Fig. 5)", "table": "fig5", "needs_premise": False, "note": _teacher_note},
-    {"claim": "epoch-interval guidance below OFG (Fig. 6)", "table": "fig6_interval", "needs_premise": True},
-    {"claim": "threshold guidance below OFG (Fig. 6)", "table": "fig6_threshold", "needs_premise": True},
-    {"claim": "adding L_sim below OFG (Fig. 6, Eq. 7)", "table": "fig6_mix", "needs_premise": True},
+    {"claim": "epoch-interval guidance below OFG (Fig. 6)", "table": "fig6_interval", "needs_premise": True,
+     "share": lambda o: o.get("ofg_every", 1)},
+    {"claim": "threshold guidance below OFG (Fig. 6)", "table": "fig6_threshold", "needs_premise": True,
+     "share": lambda o: 1 - o.get("ofg_prob", 1.0)},
+    {"claim": "adding L_sim below OFG (Fig. 6, Eq. 7)", "table": "fig6_mix", "needs_premise": True,
+     "share": lambda o: o.get("alpha", 0.0)},
     {"claim": "an unsupervised warm-up below OFG (Fig. 7)", "table": "fig7", "needs_premise": True,
      "points": ["warmup-unsupervised"]},
     {"claim": "a fixed-label warm-up below OFG (Fig. 7)", "table": "fig7", "needs_premise": False,
@@ -333,6 +338,7 @@ def ablation_verdicts(tables: dict, premise_table: dict, claims=CLAIMS, metric: 
     """
     from .stats import claim_verdict, interval, premise_holds
     metric = metric or verdict_metric({**tables, "core": premise_table})
+    trends = []
     ref = next((r for r in premise_table["rows"] if r["overrides"] == {"strategy": "unsupervised"}), None)
     if ref is None:
         raise ValueError("the premise table has no point strategy=unsupervised (against full OFG)")
@@ -350,7 +356,23 @@ def ablation_verdicts(tables: dict, premise_table: dict, claims=CLAIMS, metric: 
             v = claim_verdict(r[metric]["per_seed"], c["needs_premise"], premise)
             rows.append({"claim": c["claim"], "table": c["table"], "point": r["point"], "needs_premise": c["needs_premise"],
                          "note": note, "reference": r[metric]["reference"], **v})
-    return {"metric": metric, "premise": {"holds": premise, **interval(ofg_minus_unsup)}, "rows": rows}
+        if c.get("share") and len(chosen) > 1:
+            trends.append(_trend(c, sorted(chosen, key=lambda r: c["share"](r["overrides"])), metric))
+    return {"metric": metric, "premise": {"holds": premise, **interval(ofg_minus_unsup)}, "rows": rows,
+            "trends": trends}
+
+
+def _trend(claim: dict, ordered: list, metric: str) -> dict:
+    """A Fig. 6 axis with its points in order of unsupervised share: each point's mean change against full OFG,
+    whether it falls at every step, and each step as a paired difference (the next point minus this one, seed by
+    seed, with its t interval)."""
+    from .stats import interval
+    means = [float(np.mean(r[metric]["per_seed"])) for r in ordered]
+    steps = [{"from": a["point"], "to": b["point"],
+              **interval(np.subtract(b[metric]["per_seed"], a[metric]["per_seed"]))}
+             for a, b in zip(ordered, ordered[1:])]
+    return {"claim": claim["claim"], "points": [r["point"] for r in ordered], "means": means,
+            "falls": all(y < x for x, y in zip(means, means[1:])), "steps": steps}
 
 
 def verdicts_markdown(v: dict) -> str:
@@ -372,6 +394,19 @@ def verdicts_markdown(v: dict) -> str:
                                                                       "not testable here")}
     notes = dict.fromkeys((r["claim"], r["note"]) for r in v["rows"] if r.get("note"))
     lines += [""] + [f"- {claim}: {note}." for claim, note in notes]
+    if v.get("trends"):
+        lines += ["", "With more unsupervised share along each Fig. 6 axis (point means, change - full OFG; each "
+                  "step paired by seed, next point minus this one):", ""]
+        for t in v["trends"]:
+            path = " -> ".join(f"{p} {m:+.4f}" for p, m in zip(t["points"], t["means"]))
+            steps = "; ".join(
+                f"{s['to']} - {s['from']} {s['mean']:+.4f}" + (
+                    f", 95 % CI [{s['low']:+.4f}, {s['high']:+.4f}] ({'resolved' if s['significant'] else 'not resolved'})"
+                    if s["low"] is not None else " (one seed: no interval)") for s in t["steps"])
+            caveat = ("" if v["premise"]["holds"] else " Not testable here: the premise does not hold, so more "
+                      "unsupervised share only moves toward unsupervised training.")
+            lines.append(f"- {t['claim']}: {path}: {'falls at every step' if t['falls'] else 'does not fall at every step'}"
+                         f"; {steps}.{caveat}")
     lines += ["", "Verdicts: " + ", ".join(f"{n} {k}" for k, n in counts.items()) + f" (of {len(v['rows'])} points)."]
     return "\n".join(lines) + "\n"
 

@@ -141,6 +141,14 @@ def test_ablation_verdicts_are_computed_under_the_premise():
     assert {r["point"]: r["verdict"] for r in ablation_verdicts(tables, ofg_wins)["rows"]}["ofg_every=2"] == "holds"
     text = verdicts_markdown(v)
     assert "contradicted (unsupervised training is ahead)" in text and "1 holds, 0 contradicted, 0 unresolved, 1 not testable here" in text
+    # the trend along an axis: points ordered by unsupervised share (ofg_prob falls), each step paired by seed
+    axis = {"fig6_threshold": _table([("ofg_prob=0.25", {"ofg_prob": 0.25}, [-0.05, -0.04, -0.06]),
+                                      ("ofg_prob=0.5", {"ofg_prob": 0.5}, [-0.01, -0.005, -0.02])])}
+    t = ablation_verdicts(axis, ofg_wins)["trends"][0]
+    assert t["points"] == ["ofg_prob=0.5", "ofg_prob=0.25"] and t["falls"]
+    assert t["steps"][0]["mean"] == pytest.approx(-0.115 / 3) and t["steps"][0]["significant"]
+    assert "falls at every step" in verdicts_markdown(ablation_verdicts(axis, ofg_wins))
+    assert "Not testable here" in verdicts_markdown(ablation_verdicts(axis, ofg_loses))
     assert {c["table"] for c in CLAIMS} >= {"fig5", "fig6_interval", "fig6_threshold", "fig6_mix", "fig7", "table34"}
 
 
