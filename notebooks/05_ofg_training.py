@@ -100,7 +100,7 @@ for name in ("ofg", "unsupervised"):
 # same pairs in the same order) runs its own epoch, and the two networks must end with identical weights.
 
 # %%
-one = train.load_config({**base, "strategy": "ofg", "progress": False})
+one = train.load_config({**base, "strategy": "ofg", "progress": False, "steps_per_epoch": 3})  # a short epoch
 mine = train.Trainer(one)                  # the model, data and order of a run of this config, nothing trained
 adam = torch.optim.Adam(mine.model.parameters(), lr=one.lr, amsgrad=True)
 for batch in mine.batches(epoch=0):        # the first epoch's pairs, in the trainer's order
