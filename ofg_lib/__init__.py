@@ -14,7 +14,7 @@ import torch
 
 __version__ = "0.1.0"
 __all__ = ["DeviceUnavailable", "device", "fork_rng", "seed_all", "synchronize", "rng_state", "set_rng_state", "rank_device",
-           "distributed_backend", "amp_available", "__version__"]
+           "distributed_backend", "replicas_agree", "amp_available", "__version__"]
 
 
 def fork_rng():
@@ -96,6 +96,16 @@ def rank_device(dev: torch.device, local_rank: int) -> torch.device:
 def distributed_backend(name: str) -> str:
     """nccl for GPUs, gloo for CPU processes."""
     return "nccl" if str(name) != "cpu" and torch.cuda.is_available() else "gloo"
+
+
+def replicas_agree(model: torch.nn.Module, dev: torch.device, world: int) -> bool:
+    """Under DDP (`world` processes), whether every process holds the same weights: the sum and the sum of
+    squares of all parameters, gathered from every process, are equal."""
+    flat = torch.cat([p.detach().double().flatten() for p in model.parameters()])
+    mine = torch.stack([flat.sum(), flat.square().sum()]).to(dev)
+    every = [torch.zeros_like(mine) for _ in range(world)]
+    torch.distributed.all_gather(every, mine)
+    return all(torch.equal(every[0], e) for e in every)
 
 
 def amp_available(dev: torch.device) -> bool:

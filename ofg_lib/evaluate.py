@@ -18,7 +18,7 @@ from .progress import progress_bar
 from .runs import RunFolder, trained_size
 from .transform import warp
 
-__all__ = ["load_model", "load_run", "evaluate", "score_run", "SCORED"]
+__all__ = ["load_model", "load_teacher", "load_run", "evaluate", "score_run", "SCORED"]
 
 
 def load_model(path, device="cpu"):
@@ -27,6 +27,19 @@ def load_model(path, device="cpu"):
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found (train a run first, notebook 05)")
     return _model_of(load_checkpoint(path), device)
+
+
+def load_teacher(path, img_size, device="cpu"):
+    """A trained model as a frozen teacher (self-training, Fig. 5): eval mode, no gradients; its trained size
+    must be `img_size`, the size of the run it teaches."""
+    state = load_checkpoint(path, "teacher checkpoint")
+    if trained_size(state) != tuple(img_size):
+        raise ValueError(f"{path}: the teacher was trained at {trained_size(state)}, this run's data are "
+                         f"{tuple(img_size)}")
+    teacher, _ = _model_of(state, device)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
 
 
 def _model_of(state, device):

@@ -31,18 +31,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import (amp_available, fork_rng, distributed_backend, models, peak_memory_mb, rank_device, rng_state, seed_all,
-               set_rng_state, synchronize)
+from . import (amp_available, fork_rng, distributed_backend, models, peak_memory_mb, rank_device, replicas_agree,
+               rng_state, seed_all, set_rng_state, synchronize)
 from . import data as datasets
 from . import guidance
 from . import device as resolve_device
-from .evaluate import evaluate
+from .evaluate import evaluate, load_teacher
 from .optimizer import cpu_kernels
 from .paths import load_checkpoint
 from .progress import progress_bar
 from .schedule import plateaued, poly
 from .config import CLI_FLAGS, RESUMABLE, RUNTIME, TrainConfig, config_differences, load_config  # noqa: F401
-from .runs import RUN_FILES, RunFolder, claim, trained_size  # noqa: F401 (RUN_FILES re-exported)
+from .runs import RUN_FILES, RunFolder, claim  # noqa: F401 (RUN_FILES re-exported)
 from .strategies import STRATEGIES, Step, strategy
 
 __all__ = ["TrainConfig", "Trainer", "run", "STRATEGIES", "strategy", "load_config", "RESUMABLE",
@@ -103,23 +103,12 @@ class Trainer:
                 self.pseudo_net = models.build(cfg.model, self.img_size).to(dev)
             self.pseudo_opt = torch.optim.Adam(self.pseudo_net.parameters(), lr=cfg.lr, amsgrad=True)
         if cfg.teacher:
-            self.teacher = self._load_teacher(cfg.teacher)
+            self.teacher = load_teacher(cfg.teacher, self.img_size, dev)
         self.epoch, self.step, self.updates, self.best_dice, self.history = 0, 0, 0, -1.0, []
         self.inner_lr = cfg.inner_lr
         self.timer = {"network": 0.0, "inner": 0.0, "data": 0.0}
         self.current = cfg.strategy          # the strategy of the step being taken (schedules switch it)
         self._claimed = False
-
-    def _load_teacher(self, path):
-        state = load_checkpoint(path, "teacher checkpoint")
-        size = trained_size(state)
-        if size != self.img_size:
-            raise ValueError(f"{path}: the teacher was trained at {size}, this run's data are {self.img_size}")
-        teacher = models.build(state["config"]["model"], self.img_size).to(self.device).eval()
-        teacher.load_state_dict(state["model"])
-        for p in teacher.parameters():
-            p.requires_grad_(False)
-        return teacher
 
     # -- files ------------------------------------------------------------------------------------------
     def state(self) -> dict:
@@ -392,16 +381,6 @@ class Trainer:
         return self.cfg.plateau_tol is not None and plateaued(self.history, self.cfg.plateau_tol,
                                                               self.cfg.plateau_min_steps)
 
-    def replicas_agree(self) -> bool | None:
-        """Under DDP, whether every process holds the same weights (None when not distributed)."""
-        if not self.distributed:
-            return None
-        flat = torch.cat([p.detach().double().flatten() for p in self.model.parameters()])
-        mine = torch.stack([flat.sum(), flat.square().sum()]).to(self.device)
-        every = [torch.zeros_like(mine) for _ in range(self.world)]
-        torch.distributed.all_gather(every, mine)
-        return all(torch.equal(every[0], e) for e in every)
-
     def summary(self) -> dict:
         last_val = next((r for r in reversed(self.history) if "val_dice" in r), {})
         rows = self.history or [{}]
@@ -415,7 +394,8 @@ class Trainer:
              "sec_per_step_inner": float(np.mean([r.get("sec_per_step_inner", 0) for r in rows])),
              "sec_per_step_data": float(np.mean([r.get("sec_per_step_data", 0) for r in rows])),
              "seed": self.cfg.seed, "data_seed": self.cfg.data_seed, "device": str(self.device), "amp": self.amp,
-             "world_size": self.world, "replicas_agree": self.replicas_agree(),
+             "world_size": self.world,
+             "replicas_agree": replicas_agree(self.model, self.device, self.world) if self.distributed else None,
              "parameters": models.count_parameters(self.model),
              # the CPU convolution path this process used (models/layers.py); a resumed run may have mixed both,
              # which changes its numbers at float32 rounding only
