@@ -210,7 +210,7 @@ else:
 # plateau. `python -m ofg_lib.converge` (spec: `configs/studies/converge.yaml`) asks the question again on the
 # `realistic` setting (subject pairs, larger multi-scale deformations, tissue contrast, supersampled: all of the
 # single-factor settings at once) at 96x112, with **constant** network and inner lrs, each run trained until
-# the plateau rule holds (`ofg_lib.train.plateaued`: the validation Dice, averaged over 5 validations, gains
+# the plateau rule holds (`ofg_lib.schedule.plateaued`: the validation Dice, averaged over 5 validations, gains
 # less than `plateau_tol` over the last third of the run) or the step cap. The headline score is each run's
 # **best-validation checkpoint scored on held-out test pairs**; differences are paired by seed with a 95 % t
 # interval. Its committed summary is read here; every sentence below is computed from it.

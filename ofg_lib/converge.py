@@ -6,7 +6,7 @@
 The earlier study scored every run in its last epochs, where the published poly schedule has annealed the inner
 lr to nearly zero (OFG is then switched off), and stopped far from convergence. Here each run keeps its lrs
 (`lr_schedule: constant`, or a poly schedule whose horizon `schedule_epochs` is much longer than the run) and
-trains until the plateau rule of `ofg_lib.train.plateaued` holds on its validation curve, capped at
+trains until the plateau rule of `ofg_lib.schedule.plateaued` holds on its validation curve, capped at
 `epochs` x `steps_per_epoch` steps. Scores:
 
 - the headline: each run's **best-validation checkpoint scored on the test split** (selection on validation,

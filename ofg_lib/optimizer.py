@@ -6,6 +6,7 @@ the published code, or SGD). Nothing here is connected to the network's graph: t
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import warnings
@@ -42,19 +43,14 @@ def cpu_kernels() -> bool:
     return _CPU_KERNELS and _refine_cpu.AVAILABLE
 
 
-class cpu_kernels_set:
+@contextlib.contextmanager
+def cpu_kernels_set(on: bool):
     """`with cpu_kernels_set(False): ...` runs the block with the switch set, and restores it after."""
-
-    def __init__(self, on: bool):
-        self.on = bool(on)
-
-    def __enter__(self):
-        self.old = set_cpu_kernels(self.on)
-        return self
-
-    def __exit__(self, *exc):
-        set_cpu_kernels(self.old)
-        return False
+    old = set_cpu_kernels(on)
+    try:
+        yield
+    finally:
+        set_cpu_kernels(old)
 
 
 def _kernels_apply(disp, moving, downsample) -> bool:

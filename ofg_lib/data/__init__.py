@@ -52,9 +52,7 @@ def collate(items):
 
 
 def as_batch(batch, device):
-    """A batch (or one item, given a batch axis by `collate`) with its tensors on `device`."""
-    if "id" in batch and not isinstance(batch["id"], list):
-        batch = collate([batch])
+    """A batch (`collate`'s) with its tensors on `device`."""
     return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 

@@ -14,6 +14,7 @@ PyTorch's path to float32 rounding (tests/test_models.py checks outputs and grad
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -29,19 +30,14 @@ def set_cpu_channels_last(on: bool) -> bool:
     return old
 
 
-class cpu_channels_last_set:
+@contextlib.contextmanager
+def cpu_channels_last_set(on: bool):
     """`with cpu_channels_last_set(False): ...` runs the block with the switch set, and restores it after."""
-
-    def __init__(self, on: bool):
-        self.on = bool(on)
-
-    def __enter__(self):
-        self.old = set_cpu_channels_last(self.on)
-        return self
-
-    def __exit__(self, *exc):
-        set_cpu_channels_last(self.old)
-        return False
+    old = set_cpu_channels_last(on)
+    try:
+        yield
+    finally:
+        set_cpu_channels_last(old)
 
 
 def cpu_channels_last() -> bool:
