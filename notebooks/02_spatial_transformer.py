@@ -25,6 +25,7 @@ from scipy.ndimage import map_coordinates
 
 import ofg_lib
 from ofg_lib.data import mni_template, random_smooth_disp
+from ofg_lib.evaluate import field_maps
 from ofg_lib.metrics import dice, fold_fraction, jacobian_det
 from ofg_lib.transform import compose, identity_grid, warp
 from ofg_lib.viz import interactive, show_folds, show_overlay, show_slices
@@ -183,7 +184,7 @@ display(Markdown(f"As a displacement the field {where}; integrated from a veloci
 # %%
 def fold_view(rms, invertible):
     field = random_smooth_disp(size, rms, spacing, seed=seed, invertible=invertible).to(dev)
-    show_folds(field, brain, sweep=sweep, rms=rms)
+    show_folds(field_maps(field, mask=brain), sweep=sweep, rms=rms)
     plt.show()
 
 

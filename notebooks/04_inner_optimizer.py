@@ -364,7 +364,10 @@ def explore(inner_steps, inner_lr, inner_reg, init):
                      inner_reg=inner_reg)
     took = time.perf_counter() - t0
     before, after = (epe(p, small["disp_true"], small["brain"]) for p in (phi0, phi_opt))
-    viz.plot_refined(phi_opt, small["disp_true"], title=(
+    truth = small["disp_true"]
+    magnitudes = {"|phi|": phi_opt.norm(dim=1, keepdim=True), "|disp_true|": truth.norm(dim=1, keepdim=True),
+                  "|phi - disp_true|": (phi_opt - truth).norm(dim=1, keepdim=True)}
+    viz.plot_refined(phi_opt, magnitudes, vmax=float(truth.norm(dim=1).max()), title=(
         f"{inner_steps} steps from {init}, inner_lr {inner_lr:g}, inner_reg {inner_reg:g} ({took:.2f} s): "
         f"EPE {before:.3f} -> "
         f"{after:.3f} voxels, folds {100 * fold_fraction(phi_opt, small['brain']):.2f} %"))

@@ -36,7 +36,7 @@ import ofg_lib
 from ofg_lib import models
 from ofg_lib.data import from_config
 from ofg_lib.compare import load_runs
-from ofg_lib.evaluate import evaluate
+from ofg_lib.evaluate import evaluate, field_maps
 from ofg_lib.paths import resolve
 from ofg_lib.baselines import QUICK, Baseline, available, register
 from ofg_lib.report import classical_row, network_row, write_report
@@ -95,15 +95,16 @@ plt.show()
 # %% [markdown]
 # ## 3. What the networks do to one pair (as the paper's Fig. 4 and 9)
 # Fixed and moving images, the warped moving image of each network with its difference to the fixed image,
-# its deformation grid and its Jacobian determinant (folds in black). Below it, a viewer pages through
-# methods (the networks and the classical methods of section 4), pairs and slices (in JupyterLab; the executed
-# copy keeps the figure at the default values).
+# its deformation grid and its Jacobian determinant (folds in black): `field_maps` computes these maps once per
+# method and pair, `pair_panels` only draws them. Below it, a viewer pages through methods (the networks and the
+# classical methods of section 4), pairs and slices (in JupyterLab; the executed copy keeps the figure at the
+# default values).
 
 # %%
 item = {k: v[None].to(dev) for k, v in val[pair_index].items() if k != "id"}
 with torch.no_grad():
     phis = {s: models.predict(net, item["moving"], item["fixed"]).float() for s, (net, _) in nets.items()}
-pair_panels(item["fixed"], item["moving"], phis)
+pair_panels({s: field_maps(phi, item) for s, phi in phis.items()})
 plt.tight_layout()
 plt.show()
 
@@ -116,9 +117,9 @@ def view(method="ofg", pair=pair_index, index=val[0]["fixed"].shape[1] // 2):
     if (method, pair) not in cache:          # one registration per method and pair, then only drawing
         p = {k: v[None].to(dev) for k, v in val[pair].items() if k != "id"}
         x = models.pair_input(p["moving"], p["fixed"])
-        cache[method, pair] = p, (nets[method][0](x) if method in nets else Baseline(method, threads)(x)).float()
-    p, phi = cache[method, pair]
-    pair_panels(p["fixed"], p["moving"], {method: phi}, index=index)
+        phi = (nets[method][0](x) if method in nets else Baseline(method, threads)(x)).float()
+        cache[method, pair] = field_maps(phi, p)
+    pair_panels({method: cache[method, pair]}, index=index)
     plt.show()
 
 
@@ -202,7 +203,7 @@ with torch.no_grad():
     x = models.pair_input(pair["moving"], pair["fixed"]).to(dev)
     shown = {s: net(x).float().cpu() for s, (net, _) in nets.items()}
 shown.update({k: r["first_disp"] for k, r in evals.items() if "first_disp" in r})
-method_columns(pair["fixed"], pair["moving"], shown)
+method_columns({s: field_maps(disp, pair) for s, disp in shown.items()})
 plt.show()
 
 # %% [markdown]

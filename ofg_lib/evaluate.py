@@ -1,7 +1,8 @@
 """Evaluating trained runs: per-label Dice, folds, SDlogJ, EPE, inference time (notebook 06).
 
 `load_run(run_dir)` is the one way a trained run is read (model, config, history); `evaluate(model, dataset)` is
-the one way a model is scored (the trainer's validation calls it too).
+the one way a model is scored (the trainer's validation calls it too); `field_maps(disp, pair)` computes what the
+figures of one registration draw (`ofg_lib.viz` only draws).
 """
 from __future__ import annotations
 
@@ -12,13 +13,13 @@ import torch
 
 from . import _checks, models
 from .losses import grad_l2, lncc
-from .metrics import dice, epe, fold_fraction, sdlogj, time_ms
+from .metrics import count_folds, dice, epe, fold_fraction, jacobian_det, sdlogj, time_ms
 from .paths import load_checkpoint
 from .progress import progress_bar
 from .runs import RunFolder, trained_size
 from .transform import warp
 
-__all__ = ["load_model", "load_teacher", "load_run", "evaluate", "score_run", "SCORED"]
+__all__ = ["load_model", "load_teacher", "load_run", "evaluate", "field_maps", "score_run", "SCORED"]
 
 
 def load_model(path, device="cpu"):
@@ -122,6 +123,28 @@ def evaluate(model, dataset, n: int | None = None, device="cpu", time_repeats: i
             "sdlogj": float(np.mean(logj)), "epe": float(np.mean(epes)) if epes else None, "inference_ms": ms,
             "lncc": float(np.mean(sims)), "grad_l2": float(np.mean(regs)),
             "labels": list(dataset.labels), "label_names": list(dataset.label_names)}
+
+
+@torch.no_grad()
+def field_maps(disp, pair: dict | None = None, mask=None) -> dict:
+    """What the figures of one registration draw, computed once (notebooks 02 and 06; `ofg_lib.viz` draws them).
+
+    `disp` is a (1, 3, D, H, W) displacement in voxels (or (1, 2, H, W)). Always: `disp`, `det` (its Jacobian
+    determinant, (1, D, H, W)), `fold_count` and `fold_percent` (voxels with det <= 0, within `mask` when given,
+    else over all voxels). With a `pair` (a dataset item with a batch axis: `moving`, `fixed`, optionally
+    `moving_seg`), also `fixed`, `moving`, `warped`, `difference` (|warped - fixed|) and `warped_seg` (nearest
+    neighbour).
+    """
+    det = jacobian_det(disp)
+    count, share = count_folds(det, mask)
+    maps = {"disp": disp, "det": det, "fold_count": count, "fold_percent": 100 * share}
+    if pair is not None:
+        warped = warp(pair["moving"], disp)
+        maps.update(fixed=pair["fixed"], moving=pair["moving"], warped=warped,
+                    difference=(warped - pair["fixed"]).abs())
+        if "moving_seg" in pair:
+            maps["warped_seg"] = warp(pair["moving_seg"], disp, mode="nearest")
+    return maps
 
 
 CHECKPOINTS = ("last", "best")   # a run folder's checkpoints (`runs.RunFolder.checkpoint`)

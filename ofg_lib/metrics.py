@@ -8,7 +8,7 @@ import torch
 
 from . import _checks, synchronize
 
-__all__ = ["dice", "jacobian_det", "fold_fraction", "sdlogj", "epe", "time_ms"]
+__all__ = ["dice", "jacobian_det", "count_folds", "fold_fraction", "sdlogj", "epe", "time_ms"]
 
 
 ABSENT = ("skip", "zero", "one")
@@ -76,16 +76,22 @@ def fold_fraction(disp: torch.Tensor, mask: torch.Tensor | None = None) -> float
     """
     if not bool(torch.isfinite(disp).all()):
         return float("nan")
-    det = jacobian_det(disp)
-    if mask is None:
-        return float((det <= 0).double().mean())
-    mask = mask.reshape(det.shape) if mask.numel() == det.numel() else None
-    if mask is None:
-        raise ValueError(f"mask must have one value per voxel of the field, shape {tuple(det.shape)}")
-    mask = mask.bool()
-    if not bool(mask.any()):
-        raise ValueError("mask is empty: no voxel to count folds in")
-    return float((det[mask] <= 0).double().mean())
+    return count_folds(jacobian_det(disp), mask)[1]
+
+
+def count_folds(det: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[int, float]:
+    """(number, share 0..1) of the voxels of a Jacobian determinant map `det` (`jacobian_det`) that fold
+    (det <= 0), within `mask` (one value per voxel of `det`) when given; `fold_fraction` is the share."""
+    if mask is not None:
+        if mask.numel() != det.numel():
+            raise ValueError(f"mask must have one value per voxel of the field, shape {tuple(det.shape)}, "
+                             f"got shape {tuple(mask.shape)}")
+        mask = mask.reshape(det.shape).bool()
+        if not bool(mask.any()):
+            raise ValueError("mask is empty: no voxel to count folds in")
+        det = det[mask]
+    folded = det <= 0
+    return int(folded.sum()), float(folded.double().mean())
 
 
 def sdlogj(disp: torch.Tensor) -> float:

@@ -2,12 +2,15 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import smooth_disp, smooth_volume
 from ofg_lib import models
 from ofg_lib.compare import METRICS, markdown
 from ofg_lib.paths import load_checkpoint
 from ofg_lib.stats import last_k_mean
 from ofg_lib.data import Embedded
-from ofg_lib.evaluate import evaluate, load_model
+from ofg_lib.evaluate import evaluate, field_maps, load_model
+from ofg_lib.metrics import fold_fraction, jacobian_det
+from ofg_lib.transform import warp
 
 
 def test_a_comparison_is_a_sweep_paired_by_seed_against_the_first_strategy():
@@ -135,3 +138,24 @@ def test_run_notebook_05_executes_notebook_05_through_papermill(tmp_path, monkey
     runs = compare.load_runs(tmp_path / "r", 1)
     assert runs["ofg"][1]["seed"] == 1 and runs["ofg"][1]["img_size"] == [32, 32, 32]
     assert "OFG_STATIC" not in __import__("os").environ
+
+
+def test_field_maps_hold_the_warp_the_jacobian_and_the_folds_of_one_pair():
+    """What the figures draw, computed by the library: each entry against the function that defines it."""
+    shape = (8, 9, 10)
+    moving, fixed = smooth_volume(shape, seed=0), smooth_volume(shape, seed=1)
+    moving_seg = (4 * moving).long()
+    disp = smooth_disp(shape, 2.0)                               # folds somewhere
+    brain = fixed[:, 0] > 0.5
+    m = field_maps(disp, {"moving": moving, "fixed": fixed, "moving_seg": moving_seg}, mask=brain)
+    assert m["fixed"] is fixed and m["moving"] is moving and m["disp"] is disp
+    torch.testing.assert_close(m["warped"], warp(moving, disp))
+    torch.testing.assert_close(m["difference"], (warp(moving, disp) - fixed).abs())
+    assert torch.equal(m["warped_seg"], warp(moving_seg, disp, mode="nearest"))
+    det = jacobian_det(disp)
+    torch.testing.assert_close(m["det"], det)
+    assert m["fold_count"] == int((det[brain] <= 0).sum()) > 0
+    assert m["fold_percent"] == pytest.approx(100 * fold_fraction(disp, brain))
+    alone = field_maps(disp)                                     # a field without a pair: its folds over all voxels
+    assert set(alone) == {"disp", "det", "fold_count", "fold_percent"}
+    assert alone["fold_percent"] == pytest.approx(100 * fold_fraction(disp))

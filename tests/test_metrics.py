@@ -6,7 +6,7 @@ import torch
 from scipy.ndimage import correlate
 
 from conftest import smooth_disp
-from ofg_lib.metrics import dice, epe, fold_fraction, jacobian_det, sdlogj
+from ofg_lib.metrics import count_folds, dice, epe, fold_fraction, jacobian_det, sdlogj
 from ofg_lib.transform import identity_grid
 
 
@@ -30,15 +30,19 @@ def test_jacobian_of_a_quadratic_field_inside():
     torch.testing.assert_close(det[0, 1:-1], expected[1:-1])
 
 
-def test_jacobian_matches_numpy_gradient():
-    disp = smooth_disp((7, 8, 9), 2.0)
+def numpy_jacobian_det(disp):
+    """det(I + grad u) of a (1, 3, D, H, W) field by np.gradient and np.linalg.det, shape (D, H, W)."""
     u = disp[0].numpy()
-    J = np.empty((3, 3, 7, 8, 9))
+    J = np.empty((3, 3, *u.shape[1:]))
     for i in range(3):
         for j, g in enumerate(np.gradient(u[i])):
             J[i, j] = g + (i == j)
-    ref = np.linalg.det(np.moveaxis(J, (0, 1), (-2, -1)))
-    np.testing.assert_allclose(jacobian_det(disp)[0].numpy(), ref, atol=1e-12)
+    return np.linalg.det(np.moveaxis(J, (0, 1), (-2, -1)))
+
+
+def test_jacobian_matches_numpy_gradient():
+    disp = smooth_disp((7, 8, 9), 2.0)
+    np.testing.assert_allclose(jacobian_det(disp)[0].numpy(), numpy_jacobian_det(disp), atol=1e-12)
 
 
 def test_fold_fraction():
@@ -53,6 +57,25 @@ def test_fold_fraction():
     assert fold_fraction(half, mask) == 1.0
     with pytest.raises(ValueError, match="empty"):
         fold_fraction(half, torch.zeros_like(mask))
+
+
+def test_count_folds_counts_where_an_independent_determinant_is_not_positive():
+    disp = smooth_disp((8, 9, 10), 2.0)                         # folds in about a quarter of the voxels
+    folded = numpy_jacobian_det(disp) <= 0
+    assert 0 < folded.sum() < folded.size
+    det = jacobian_det(disp)
+    count, share = count_folds(det)
+    assert count == int(folded.sum()) and share == pytest.approx(folded.mean(), abs=1e-15)
+    mask = torch.zeros(1, 8, 9, 10, dtype=torch.bool)
+    mask[..., :4] = True
+    inside = folded[mask[0].numpy()]
+    count, share = count_folds(det, mask)
+    assert count == int(inside.sum()) and share == pytest.approx(inside.mean(), abs=1e-15)
+    assert fold_fraction(disp, mask) == share                   # the share is fold_fraction's
+    with pytest.raises(ValueError, match="one value per voxel"):
+        count_folds(det, mask[..., :5])
+    with pytest.raises(ValueError, match="empty"):
+        count_folds(det, torch.zeros_like(mask))
 
 
 def l2r_sdlogj(disp):

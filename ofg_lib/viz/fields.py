@@ -1,13 +1,14 @@
 """Displacement fields: deformation grids, Jacobian maps, folds, refined fields, the cohorts' deformations
-(notebooks 01, 02, 04, 06-08)."""
+(notebooks 01, 02, 04, 06-08). They draw what `ofg_lib.evaluate.field_maps` and the notebooks computed: nothing
+here warps, differentiates a field or counts folds."""
 from __future__ import annotations
 
 import numpy as np
 
 from .slices import _np, mid_slices, show_slices
 
-__all__ = ["plot_grid", "show_jacobian", "pair_panels", "method_columns", "show_folds", "plot_refined", "plot_step_map",
-           "show_cohorts"]
+__all__ = ["plot_grid", "show_jacobian", "show_registration", "pair_panels", "method_columns", "show_folds",
+           "plot_refined", "plot_step_map", "show_cohorts"]
 
 
 def plot_grid(disp2d, ax, step: int = 4, **line):
@@ -40,88 +41,98 @@ def show_jacobian(det2d, ax, vmax: float = 2.0):
     return im
 
 
-def pair_panels(fixed, moving, phis: dict, index: int | None = None, axes=None):
+def _plane(volume, k):
+    """The image of channel 0 of a (1, C, D, H, W) volume at slice `k` along D (a 2-D (1, C, H, W) whole), as
+    imshow draws it (transposed, with origin="lower")."""
+    return _np(volume[0, 0] if volume.dim() == 4 else volume[0, 0, k]).T
+
+
+def _slice_index(maps: dict, index: int | None) -> int:
+    return maps["det"].shape[1] // 2 if index is None else index
+
+
+def show_registration(maps: dict, axes, index: int | None = None, diff_max: float | None = None,
+                      grid_width: float = 0.5):
+    """One registration's panels in four axes: warped, |warped - fixed|, deformed grid, det J (folds in black).
+
+    `maps` is `ofg_lib.evaluate.field_maps(disp, pair)`; a 3-D pair is shown at slice `index` along the first axis
+    (default: the middle), a 2-D pair whole. The grid and det J may share an axis (the grid is drawn over it);
+    `diff_max` puts the difference on the scale 0..diff_max (to compare methods). Returns det J's image.
+    """
+    k = _slice_index(maps, index)
+    flat = maps["disp"].dim() == 4
+    ax_warped, ax_diff, ax_grid, ax_det = axes
+    ax_warped.imshow(_plane(maps["warped"], k), origin="lower", cmap="gray")
+    scale = {} if diff_max is None else {"vmin": 0, "vmax": diff_max}
+    ax_diff.imshow(_plane(maps["difference"], k), origin="lower", cmap="magma", **scale)
+    for ax in (ax_warped, ax_diff):
+        ax.axis("off")
+    im = show_jacobian(_np(maps["det"][0] if flat else maps["det"][0, k]), ax_det)
+    disp = maps["disp"]
+    plot_grid(_np(disp[0] if flat else disp[0, 1:, k]), ax_grid, step=3, color="k", linewidth=grid_width)
+    return im
+
+
+def pair_panels(maps: dict, index: int | None = None, axes=None):
     """Fig. 4/9-style rows, one per method: fixed, moving, warped, |warped - fixed|, grid over det J.
 
-    `fixed`, `moving` are (1, 1, D, H, W); `phis[method]` a (1, 3, D, H, W) displacement; the slice is `index`
-    along the first axis (default: the middle). 2-D pairs (1, 1, H, W) with (1, 2, H, W) fields are drawn whole.
-    Folds (det J <= 0) show in black.
+    `maps[method]` is `ofg_lib.evaluate.field_maps(disp, pair)` of that method's displacement; a 3-D pair is shown
+    at slice `index` along the first axis (default: the middle), a 2-D pair whole. Folds (det J <= 0) show in
+    black.
     """
     import matplotlib.pyplot as plt
-
-    from ..metrics import jacobian_det
-    from ..transform import warp
-    flat = fixed.dim() == 4
-    k = fixed.shape[2] // 2 if index is None else index
     if axes is None:
-        _, axes = plt.subplots(len(phis), 5, figsize=(17, 3.5 * len(phis)), squeeze=False)
-    img = (lambda t: _np(t[0, 0]).T) if flat else (lambda t: _np(t[0, 0, k]).T)  # noqa: E731
-    for row, (method, phi) in enumerate(phis.items()):
-        warped = warp(moving, phi)
-        panels = [("fixed", img(fixed), "gray"), ("moving", img(moving), "gray"),
-                  (f"{method}: warped", img(warped), "gray"),
-                  (f"{method}: |warped - fixed|", img((warped - fixed).abs()), "magma")]
-        for ax, (title, data, cmap) in zip(axes[row], panels):
-            ax.imshow(data, origin="lower", cmap=cmap)
-            ax.set_title(title)
+        _, axes = plt.subplots(len(maps), 5, figsize=(17, 3.5 * len(maps)), squeeze=False)
+    for row, (method, m) in enumerate(maps.items()):
+        k = _slice_index(m, index)
+        for ax, name in zip(axes[row, :2], ("fixed", "moving")):
+            ax.imshow(_plane(m[name], k), origin="lower", cmap="gray")
+            ax.set_title(name)
             ax.axis("off")
-        det = jacobian_det(phi)[0]
-        show_jacobian(_np(det if flat else det[k]), axes[row, 4])
-        plot_grid(_np(phi[0] if flat else phi[0, 1:, k]), axes[row, 4], step=3, color="k", linewidth=0.4)
-        axes[row, 4].set_title(f"{method}: grid and det J")
+        show_registration(m, [*axes[row, 2:], axes[row, 4]], index, grid_width=0.4)
+        for ax, title in zip(axes[row, 2:], ("warped", "|warped - fixed|", "grid and det J")):
+            ax.set_title(f"{method}: {title}")
     return axes
 
 
-def method_columns(fixed, moving, phis: dict, index: int | None = None):
+def method_columns(maps: dict, index: int | None = None):
     """The paper's Fig. 4/9 with one column per method: warped, |warped - fixed|, deformation grid, det J.
 
-    The first column holds the fixed and the moving image. Shapes as in `pair_panels` (3-D: the slice `index`
-    along the first axis; 2-D drawn whole). Folds (det J <= 0) show in black in the last row.
+    `maps[method]` is `ofg_lib.evaluate.field_maps(disp, pair)`, every method on the same pair; the first column
+    holds its fixed and moving image. Slices as in `pair_panels`; the differences share one scale, so the methods
+    compare. Folds (det J <= 0) show in black in the last row. Returns the figure.
     """
     import matplotlib.pyplot as plt
-
-    from ..metrics import jacobian_det
-    from ..transform import warp
-    flat = fixed.dim() == 4
-    k = fixed.shape[2] // 2 if index is None else index
-    img = (lambda t: _np(t[0, 0]).T) if flat else (lambda t: _np(t[0, 0, k]).T)  # noqa: E731
-    fig, axes = plt.subplots(4, len(phis) + 1, figsize=(2.6 * (len(phis) + 1), 10.5), squeeze=False)
+    first = next(iter(maps.values()))
+    k = _slice_index(first, index)
+    fig, axes = plt.subplots(4, len(maps) + 1, figsize=(2.6 * (len(maps) + 1), 10.5), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
-    for ax, (title, t) in zip(axes[:2, 0], (("fixed", fixed), ("moving", moving))):
-        ax.imshow(img(t), origin="lower", cmap="gray")
-        ax.set_title(title)
-    diffs = {m: img((warp(moving, phi) - fixed).abs()) for m, phi in phis.items()}
-    vmax = max(float(d.max()) for d in diffs.values())        # one scale, so the methods compare
-    for col, (method, phi) in enumerate(phis.items(), start=1):
-        axes[0, col].imshow(img(warp(moving, phi)), origin="lower", cmap="gray")
+    for ax, name in zip(axes[:2, 0], ("fixed", "moving")):
+        ax.imshow(_plane(first[name], k), origin="lower", cmap="gray")
+        ax.set_title(name)
+    diff_max = max(float(_plane(m["difference"], k).max()) for m in maps.values())
+    for col, (method, m) in enumerate(maps.items(), start=1):
+        show_registration(m, axes[:, col], index, diff_max=diff_max, grid_width=0.5)
         axes[0, col].set_title(method, fontsize=9)
-        axes[1, col].imshow(diffs[method], origin="lower", cmap="magma", vmin=0, vmax=vmax)
-        field = _np(phi[0] if flat else phi[0, 1:, k])
-        plot_grid(field, axes[2, col], step=3, color="k", linewidth=0.5)
-        det = jacobian_det(phi)[0]
-        show_jacobian(_np(det if flat else det[k]), axes[3, col])
     for row, name in enumerate(("warped", "|warped - fixed|", "grid", "det J")):
         axes[row, 1].text(-0.08, 0.5, name, transform=axes[row, 1].transAxes, rotation=90, va="center", ha="right")
     return fig
 
 
-def show_folds(disp, mask=None, sweep: dict | None = None, rms: float | None = None, index: int | None = None,
+def show_folds(maps: dict, sweep: dict | None = None, rms: float | None = None, index: int | None = None,
                step: int = 3):
-    """Deformed grid and Jacobian determinant of one slice of `disp`, folds counted in the title (notebook 02).
+    """Deformed grid and Jacobian determinant of one slice of a 3-D field, its folds counted in the title
+    (notebook 02).
 
-    `disp` is (1, 3, D, H, W) in voxels; the slice is `index` along the first axis (default: the middle); folds
-    (det J <= 0, in black) are counted over the whole volume, within `mask` when given. `sweep[name] = (rms
-    values, fold %)` adds a third panel with those curves and this field (at `rms`) as a star.
-    Returns (folded voxels, their percentage).
+    `maps` is `ofg_lib.evaluate.field_maps(disp, mask=...)` (the count is over the whole volume, within the mask
+    it was given); the slice is `index` along the first axis (default: the middle). Folds (det J <= 0) show in
+    black. `sweep[name] = (rms values, fold %)` adds a third panel with those curves and this field (at `rms`) as a
+    star. Returns the figure.
     """
     import matplotlib.pyplot as plt
-
-    from ..metrics import jacobian_det
-    det = jacobian_det(disp)[0]
-    folded = det <= 0
-    folded = folded[mask.reshape(folded.shape).bool()] if mask is not None else folded.flatten()
-    count, pct = int(folded.sum()), 100 * float(folded.double().mean())
+    det, disp = maps["det"][0], maps["disp"]
+    count, pct = maps["fold_count"], maps["fold_percent"]
     k = det.shape[0] // 2 if index is None else index
     fig, axes = plt.subplots(1, 3 if sweep else 2, figsize=(14 if sweep else 9, 4))
     plot_grid(_np(disp[0, 1:, k]), axes[0], step=step)
@@ -138,25 +149,23 @@ def show_folds(disp, mask=None, sweep: dict | None = None, rms: float | None = N
         axes[2].set_ylabel("folded voxels (%)")
         axes[2].legend()
     fig.tight_layout()
-    return count, pct
+    return fig
 
 
-def plot_refined(phi, disp_true, title: str = "", axis: int = 0, grid_step: int = 3):
-    """|phi|, |disp_true| and |phi - disp_true| on one scale, and the grid deformed by phi (notebook 04's widget).
+def plot_refined(phi, magnitudes: dict, vmax: float, title: str = "", axis: int = 0, grid_step: int = 3):
+    """Three magnitude maps on one scale 0..vmax and the grid deformed by phi (notebook 04's widget).
 
-    `phi`, `disp_true`: (1, 3, D, H, W), voxels; the slice is the centre one across `axis`, and the grid uses
-    phi's two in-plane components, so folds show as crossing lines. Returns the figure.
+    `magnitudes[name]` is a (1, 1, D, H, W) map in voxels (notebook 04: |phi|, |disp_true|, |phi - disp_true|);
+    `phi` (1, 3, D, H, W), voxels. The slice is the centre one across `axis`, and the grid uses phi's two
+    in-plane components, so folds show as crossing lines. Returns the figure.
     """
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 4, figsize=(14, 3.4), layout="constrained")
-    vmax = float(disp_true.norm(dim=1).max())
-    show_slices({"|phi|": phi.norm(dim=1, keepdim=True), "|disp_true|": disp_true.norm(dim=1, keepdim=True),
-                 "|phi - disp_true|": (phi - disp_true).norm(dim=1, keepdim=True)}, axis=axis, axes=axes[:3],
-                cmap="viridis", vmin=0, vmax=vmax)
-    fig.colorbar(axes[2].images[0], ax=axes[2], fraction=0.046, label="voxels")
+    fig, axes = plt.subplots(1, len(magnitudes) + 1, figsize=(14, 3.4), layout="constrained")
+    show_slices(magnitudes, axis=axis, axes=axes[:-1], cmap="viridis", vmin=0, vmax=vmax)
+    fig.colorbar(axes[-2].images[0], ax=axes[-2], fraction=0.046, label="voxels")
     plane = [c for c in range(3) if c != axis]
-    plot_grid(np.stack([mid_slices(phi[0, c])[axis] for c in plane]), axes[3], step=grid_step)
-    axes[3].set_title("grid deformed by phi (in-plane)")
+    plot_grid(np.stack([mid_slices(phi[0, c])[axis] for c in plane]), axes[-1], step=grid_step)
+    axes[-1].set_title("grid deformed by phi (in-plane)")
     fig.suptitle(title, fontsize=10)
     return fig
 
