@@ -9,13 +9,13 @@
 #
 # **Cost.** On a laptop CPU the defaults (a tiny 2-D VoxelMorph at 32x32, two settings, one seed) take well
 # under a minute and only check that everything runs. The `cpu` profile (`make reproduce`) runs a small study at
-# 64x80 (four settings, three seeds, equal steps and equal time) on 2 CPU cores; its time is printed in
-# section 3 and stated in the README. `make reproduce PROFILE=study` (or `python -m ofg_lib.study --profile
-# study`) runs the whole study at 96x112 plus a 3-D confirmation on the CPU; section 6 reads its committed
-# summary and states its wall time; section 7 reads the committed summary of the run-to-plateau study
-# (`python -m ofg_lib.converge`, constant lrs, best checkpoint on test pairs). No GPU is needed; with one, every
-# run uses it (`device: auto`).
-# Code: `ofg_lib/study.py` (the study), `ofg_lib/data/embedded.py` (the harder cohorts), `ofg_lib/compare.py`.
+# 64x80 on 2 CPU cores; its time is printed in section 3 and stated in the README. `make reproduce
+# PROFILE=study` (or `python -m ofg_lib.study --profile study`) runs the whole study at 96x112 plus a 3-D
+# confirmation on the CPU; section 6 reads its committed summary and states its wall time; section 7 reads the
+# committed summary of the run-to-plateau study (`python -m ofg_lib.converge`, constant lrs, best checkpoint on
+# test pairs). No GPU is needed; with one, every run uses it (`device: auto`).
+# Code: `ofg_lib/study.py` (the study), `ofg_lib/sweep.py` (the runner), `ofg_lib/stats.py` (the paired
+# difference), `ofg_lib/data/embedded.py` (the harder cohorts).
 
 # %% tags=["parameters"]
 run_dir = "results/ci/08_study"  # where the study's runs go (relative to the checkout); finished runs are reused
@@ -27,7 +27,7 @@ steps_per_epoch = 5  # training pairs per epoch
 val_pairs = 2  # validation pairs (validation after every epoch: the learning curves)
 seeds = [0]  # paired by seed: the same initialisation, data and data order for both strategies
 last_k = 1  # a run's score: the mean of its last k validations
-settings = ["today", "large"]  # names of ofg_lib.study.SETTINGS; the first is the reference for sections 5-6
+settings = ["today", "large"]  # names of ofg_lib.study.SETTINGS; the first also carries the variants and budgets
 equal_time = True  # also train unsupervised for OFG's wall time
 variants = {}  # {name: OFG-only overrides}, e.g. {"inner_lr_constant": {"inner_lr_schedule": "constant"}}
 both_variants = {}  # {name: overrides for both strategies}, e.g. {"paper_lr": {"lr": 1e-4}}
@@ -45,48 +45,53 @@ import time
 
 import matplotlib.pyplot as plt
 import numpy as np
+import scipy.stats
 from IPython.display import Markdown, display
 
-from ofg_lib import study, viz
+from ofg_lib import config, study, sweep, viz
 from ofg_lib.data import Embedded, from_config
 from ofg_lib.data.embedded import sharpness
 from ofg_lib.paths import resolve
 
-spec = study.spec_from_params({
-    "model": model, "img_size": img_size, "lr": lr, "epochs": epochs, "steps_per_epoch": steps_per_epoch,
-    "val_pairs": val_pairs, "seeds": seeds, "last_k": last_k, "settings": settings, "equal_time": equal_time,
-    "variants": variants, "both_variants": both_variants, "budgets": budgets, "confirm_3d": confirm_3d,
-    "threads": threads, "progress": progress})
+# one run's config: the parameters above that are TrainConfig keys (model, img_size, lr, epochs, ...), in one call
+base = config.from_namespace(globals())
+# the study: that config and the axes it is varied along (what `study.run_study` takes)
+spec = study.make_spec(base, settings, seeds, last_k=last_k, equal_time=equal_time, variants=variants,
+                       both_variants=both_variants, budgets=budgets, confirm_3d=confirm_3d)
 out = resolve(run_dir)
-print(json.dumps(spec, indent=None)[:400], "...\nruns in", out)
+print("every run:", base, "\nruns in", out)
 
 # %% [markdown]
 # ## 1. The design
 # One question, **OFG minus unsupervised**, asked many times with everything else held equal: the same model,
-# data, data order, initialisation and number of steps (one run per strategy and seed; the difference is taken
-# per seed, then averaged; "± s" is its standard deviation over seeds). A run's score is the mean of its last
-# `last_k` validations (single validations jitter). Two budgets are compared:
+# data, data order, initialisation and number of steps. There is one run per strategy and seed, and the
+# difference is taken per seed (section 3 writes it out). A run's score is the mean of its last `last_k`
+# validations (single validations jitter). Two budgets are compared:
 #
 # - **equal steps**: both strategies train `epochs x steps_per_epoch` steps;
-# - **equal wall time**: OFG's ten inner Adam steps cost time, so unsupervised training is run again for as many
+# - **equal wall time**: OFG's inner optimizer costs time, so unsupervised training is run again for as many
 #   epochs as OFG's time allows (seconds per step: the median over every epoch of every seed).
 #
 # The axes: **difficulty** (the settings below), **budget** (the first setting trained for other lengths; a
 # strategy has *plateaued* when the longest budget gains less than half a Dice point over the next shorter one,
-# `study.plateau`, which also prints the seed spread to judge larger gains by), and the **inner optimizer** (the published poly-decaying inner lr against a
-# constant one, 1 inner step against 10). The network lr is 1e-3 for both strategies, not the paper's 1e-4: the
-# paper trains for 500 epochs of its 200 IXI training pairs, 100,000 steps, about 40 times the full study's
-# 2,400; the full study also runs both strategies at 1e-4 (`paper_lr`).
-# Nothing here is tuned toward either side: the settings were fixed before the first comparison ran.
+# `study.plateau`, which also gives the seed spread to judge larger gains by), and the **inner optimizer**
+# (`variants`, e.g. a constant inner lr or 1 inner step instead of the published poly decay and 10 steps). The
+# network lr is the same for both strategies; where it is not the paper's 1e-4, the reason is the budget (the
+# paper trains for 100,000 steps), and a `both_variants` entry such as `{"paper_lr": {"lr": 1e-4}}` runs both
+# strategies at the paper's lr. Nothing here is tuned toward either side: the settings were fixed before the
+# first comparison ran. This run's design, in sentences built from the parameter cell:
 
 # %%
-identity = {}
-for name in settings:
-    cfg = {**spec["base"], **study.setting_config(name, img_size)}
-    identity[name] = study.identity_scores(cfg, n=val_pairs)
-display(Markdown("| setting | what changes | config keys | identity Dice | identity EPE (vox) |\n|---|---|---|---|---|\n"
-                 + "\n".join(f"| {n} | {study.DESCRIPTIONS[n]} | `{study.setting_config(n, img_size)}` | "
-                             f"{identity[n]['dice']:.3f} | {identity[n]['epe']:.2f} |" for n in settings)))
+display(Markdown(study.design_markdown(spec)))
+
+# %% [markdown]
+# The settings, with how far apart a pair starts (the identity's Dice and its end-point error to the true
+# deformation, on the validation pairs):
+
+# %%
+identity = {name: study.identity_scores({**base, **study.setting_config(name, img_size)}, n=val_pairs)
+            for name in settings}
+display(Markdown(study.settings_markdown(identity, img_size)))
 
 # %% [markdown]
 # ## 2. The cohorts, side by side
@@ -98,7 +103,7 @@ display(Markdown("| setting | what changes | config keys | identity Dice | ident
 # %%
 examples = {}
 for name in study.SETTINGS:
-    cfg = {**spec["base"], "img_size": gallery_size, **study.setting_config(name, gallery_size)}
+    cfg = {**base, "img_size": gallery_size, **study.setting_config(name, gallery_size)}
     ds = from_config(cfg, "val")
     ident = study.identity_scores(cfg, n=4)
     examples[name] = (ds[0], f"truth; identity Dice {ident['dice']:.2f}")
@@ -122,17 +127,78 @@ for k in (1, 2, 3):
 
 # %% [markdown]
 # ## 3. Run the study
-# `study.run_study` trains (or reuses, or resumes) every run in the order of the module docstring and writes
-# `study.json` and `study.md` to the run folder. Interrupt it at any time: the next call continues. Each stage
-# is a sweep (`ofg_lib.sweep`, the runner of notebooks 05 and 09) with unsupervised training as the reference,
-# so a row holds, per metric, both strategies' means, the per-seed differences (OFG minus unsupervised), their
-# 95 % t interval and the sign count.
+# ### One comparison, by hand
+# Take the first setting at equal steps. For each seed $s$ both strategies start from the same initialisation
+# and see the same pairs in the same order; a run's score is the mean of its last `last_k` validation Dice
+# values. The **paired difference** of seed $s$ is
+#
+# $$d_s = \mathrm{Dice}_{\mathrm{OFG},s} - \mathrm{Dice}_{\mathrm{unsup},s},$$
+#
+# and over the $n$ seeds the table reports its mean, its standard deviation (ddof 1) and a 95 % t interval:
+#
+# $$\bar d = \frac1n \sum_s d_s, \qquad \mathrm{sd} = \sqrt{\frac{1}{n-1}\sum_s (d_s - \bar d)^2}, \qquad
+# \bar d \pm t_{0.975,\,n-1}\,\frac{\mathrm{sd}}{\sqrt n}.$$
+#
+# Pairing cancels what a seed does to both strategies alike (a lucky initialisation, an easy data order), so
+# $\mathrm{sd}$ measures only how much the *difference* varies. With three seeds $t_{0.975,2} = 4.30$: an
+# interval is wide, and a sign that holds in every seed is worth reporting beside it. With one seed there is no
+# spread and no interval (the tables then show 0 and "-").
+#
+# The runs, one per strategy and seed, trained (or reused) one at a time in the folders the study uses
+# (`out/SETTING/STRATEGY-seedN`), and the formula in numpy and scipy:
 
 # %%
+def paired_by_hand(d):
+    """Mean, sd (ddof 1) and 95 % t interval of the per-seed differences d_s (the formula above)."""
+    d = np.asarray(d, dtype=float)
+    n, mean = len(d), d.mean()
+    if n < 2:                                      # one seed: no spread, no interval
+        return {"difference": mean, "difference_std": 0.0, "low": None, "high": None}
+    sd = d.std(ddof=1)
+    half = scipy.stats.t.ppf(0.975, n - 1) * sd / np.sqrt(n)
+    return {"difference": mean, "difference_std": sd, "low": mean - half, "high": mean + half}
+
+
 t0 = time.perf_counter()
+first = settings[0]
+cfg = {**base, **study.setting_config(first, img_size)}     # the first setting's cohort on top of every run's keys
+runs = {(who, s): sweep.train_history({**cfg, "strategy": who, "seed": s}, out / first / f"{who}-seed{s}")
+        for who in ("unsupervised", "ofg") for s in seeds}
+dice = {who: np.array([np.mean([r["val_dice"] for r in runs[who, s] if "val_dice" in r][-last_k:]) for s in seeds])
+        for who in ("unsupervised", "ofg")}
+d = dice["ofg"] - dice["unsupervised"]
+by_hand = paired_by_hand(d)
+for s, unsup, ofg, d_s in zip(seeds, dice["unsupervised"], dice["ofg"], d):
+    print(f"seed {s}: Dice unsupervised {unsup:.4f}, OFG {ofg:.4f}, d_s = {d_s:+.4f}")
+print(f"{first}: mean {by_hand['difference']:+.4f}, sd {by_hand['difference_std']:.4f}, 95 % interval "
+      + (f"[{by_hand['low']:+.4f}, {by_hand['high']:+.4f}]" if by_hand["low"] is not None else "- (one seed)"))
+
+# %% [markdown]
+# ### The whole study, in one call
+# `study.run_study` asks the same question for every setting and axis, in the order of its module docstring,
+# and writes `study.json` and `study.md` to the run folder. It finds the runs above finished and reuses them: a
+# run is reused only when its whole stored config equals the requested one, so this also checks that the
+# configs built by hand are the study's. Interrupt it at any time: the next call continues. Each stage is a
+# sweep (`ofg_lib.sweep`, the runner of notebooks 05 and 09) with unsupervised training as the reference, so a
+# row holds, per metric, both strategies' means, the per-seed differences $d_s$, their 95 % t interval and the
+# sign count (`ofg_lib.stats.paired`).
+
+# %%
 result = study.run_study(spec, out, log=lambda *a: None)
 print(f"{len(result['histories'])} runs ready in {time.perf_counter() - t0:.0f} s")
 display(Markdown(study.table_markdown(result["rows"], columns=("val_dice", "epe"))))
+
+# %% [markdown]
+# The library's record of the first setting at equal steps is the hand computation above, to the last digits:
+
+# %%
+record = next(r for r in result["rows"] if r["tag"] == first and r["comparison"] == "equal steps")["val_dice"]
+assert np.allclose(record["per_seed"], d, rtol=0, atol=1e-12)
+assert abs(record["reference"] - dice["unsupervised"].mean()) <= 1e-12
+assert abs(record["mean"] - dice["ofg"].mean()) <= 1e-12
+for key, mine in by_hand.items():
+    assert (mine is None and record[key] is None) or abs(record[key] - mine) <= 1e-12, (key, record[key], mine)
+print(f"{first}, equal steps: per-seed differences, mean, sd and interval as computed by hand (to 1e-12)")
 
 # %% [markdown]
 # ## 4. Learning curves
@@ -168,39 +234,51 @@ all_curves(result, settings)
 display(Markdown(study.conclusion(result)))
 assert all(np.isfinite(r["val_dice"]["difference"]) for r in result["rows"])
 if budgets:
-    b = study.plateau(result["rows"], settings[0])
-    print("budget axis:", json.dumps(b, indent=None))
+    b = study.plateau(result["rows"], first)
+    display(Markdown(study.budget_markdown(b, first)))
     viz.plot_budget(b, steps_per_epoch)
     plt.show()
 
 # %% [markdown]
 # ## 6. The full study
-# `make reproduce PROFILE=study` (params/study.yaml) runs the study at 96x112 with the published VoxelMorph-1:
-# four settings x two strategies x three seeds at 2,400 steps, the equal-time runs, the two inner-optimizer
-# variants, the paper's lr, budgets of 800 and 7,200 steps, and a 3-D confirmation at 48x64x64. Its summary is
-# committed in `reports/study/` (the table, the learning curves, the wall time), and read here, so that this
-# notebook states the full study's numbers under every profile.
+# `make reproduce PROFILE=study` (params/study.yaml) runs the study at full size with the published
+# VoxelMorph-1. Its summary is committed in `reports/study/` (the table, the learning curves, the wall time) and
+# read here, so that this notebook states the full study's numbers under every profile; its design below is
+# built from the spec stored with it.
 
 # %%
 path = resolve(report) / "study.json"
-if path.exists():
-    full = json.loads(path.read_text())
-    print(f"full study: {full['wall_time_h']:.1f} h on {full['machine']}; spec {json.dumps(full['spec'])[:300]} ...")
+full = json.loads(path.read_text()) if path.exists() else None
+if full:
+    print(f"full study: {full['wall_time_h']:.1f} h on {full['machine']}")
+    display(Markdown(study.design_markdown(full["spec"])))
     display(Markdown(study.table_markdown(full["rows"], columns=("val_dice", "epe"))))
     all_curves(full, full["spec"]["settings"])
     display(Markdown(study.conclusion(full)))
     if full["spec"].get("budgets"):
-        b = study.plateau(full["rows"], full["spec"]["settings"][0])
-        display(Markdown("Budget axis (" + full["spec"]["settings"][0] + "): " + "; ".join(
-            f"{s}: Dice {', '.join(f'{d:.3f}' for d in v['dice'])} at {v['epochs']} epochs, "
-            f"{'plateaued' if v['plateaued'] else 'still rising'} (last gain {v['last_gain']:+.4f})"
-            for s, v in b.items())))
+        first_full = full["spec"]["settings"][0]
+        display(Markdown(study.budget_markdown(study.plateau(full["rows"], first_full), first_full)))
     if "confirm_3d" in full:
-        c = full["confirm_3d"]
-        display(Markdown(f"3-D confirmation: setting **{c['setting']}** ({c['why']}), {c['img_size']}, "
-                         f"seeds {c['seeds']}, identity Dice {c['identity']['dice']:.3f}."))
+        display(Markdown(study.confirm_3d_markdown(full["confirm_3d"])))
 else:
     print(f"no committed study summary at {path}: run `make reproduce PROFILE=study`")
+
+# %% [markdown]
+# Every interval of that table follows from its per-seed differences by the formula of section 3 (its rows were
+# converted from the study's first schema, ddof-0 spreads rescaled, so they agree to about 1e-11, not to the
+# last digit):
+
+# %%
+if full:
+    for r in full["rows"]:
+        for m in ("val_dice", "epe"):
+            mine = paired_by_hand(r[m]["per_seed"])
+            assert all((mine[k] is None and r[m][k] is None) or abs(mine[k] - r[m][k]) < 1e-9 for k in mine), \
+                (r["tag"], r["comparison"], m)
+    v = full["rows"][0]["val_dice"]
+    print(f"{full['rows'][0]['tag']}, {full['rows'][0]['comparison']}: d_s = {np.round(v['per_seed'], 4).tolist()}, "
+          f"t(0.975, {v['n'] - 1}) = {scipy.stats.t.ppf(0.975, v['n'] - 1):.2f}, interval "
+          f"[{v['low']:+.4f}, {v['high']:+.4f}]; all {2 * len(full['rows'])} lines of the table agree with the formula")
 
 # %% [markdown]
 # ## 7. Trained until it plateaus, with OFG's guidance kept on
@@ -235,9 +313,10 @@ else:
 
 # %% [markdown]
 # **A fair baseline.** OFG trades Dice for smoothness, and the baseline's smoothness weight was fixed at 1. The
-# spec's `pareto` section trains both strategies at several weights (unsup_reg 0.25-2, ofg_reg 0.01-0.05) on the
-# lr 3e-4 arm and scores each run like the headline; a strategy is better only where its points lie above and
-# to the left of the other's (more Dice, fewer folds). Which labels are dominated is computed, not read off.
+# spec's `pareto` section trains both strategies at several smoothness weights (`unsup_reg`, `ofg_reg`; the
+# table lists them) on one arm and scores each run like the headline; a strategy is better only where its
+# points lie above and to the left of the other's (more Dice, fewer folds). Which labels are dominated is
+# computed, not read off.
 
 # %%
 path = resolve(converge_report) / "pareto.json"
@@ -270,6 +349,9 @@ else:
 # ## Summary
 # - A claim about a training method is a claim about a regime: ask it along the axes it depends on, paired by
 #   seed, at equal steps and at equal time, and let the table write the conclusion.
+# - The paired difference $d_s$ = OFG minus unsupervised of the same seed; the table's "±" is its sd (ddof 1)
+#   and its interval $\bar d \pm t_{0.975,n-1}\,\mathrm{sd}/\sqrt n$: a few lines of numpy (section 3), the
+#   same numbers as `ofg_lib.stats.paired`.
 # - The harder cohorts are options of the embedded data (`embedded_pairs`, `embedded_contrast`,
 #   `embedded_rms`, `embedded_rms_jitter`, `embedded_fine_rms`, `embedded_supersample`); the 2-D track is a
 #   two-sided `img_size`; everything else (warp, LNCC, the optimizer, the metrics, the models, the trainer) is

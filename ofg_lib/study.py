@@ -1,12 +1,14 @@
 """When does OFG help? OFG minus unsupervised over data difficulty, budget and the inner optimizer (notebook 08).
 
     python -m ofg_lib.study --profile study        # the whole study (hours on 2 cores; resumable)
+    spec = ofg_lib.study.make_spec(base, settings=["today", "large"], seeds=[0, 1, 2])
     result = ofg_lib.study.run_study(spec, out="results/cpu/08_study")
 
-A study is a spec (a dict, the parameters of notebook 08) and a folder. Every run is an ordinary training run
-(`ofg_lib.train.run`) in its own sub-folder, resumed when unfinished and reused when finished, so the notebook,
-`make reproduce` and this command share their work. Comparisons are paired by seed: the same model, data, data
-order and seed, OFG minus unsupervised. Stages, in the order they run (the most informative first):
+A study is a spec (`make_spec`: the config every run shares and the axes it is varied along, the parameters of
+notebook 08) and a folder. Every run is an ordinary training run (`ofg_lib.train.run`) in its own sub-folder,
+resumed when unfinished and reused when finished, so the notebook, `make reproduce` and this command share their
+work. Comparisons are paired by seed: the same model, data, data order and seed, OFG minus unsupervised.
+Stages, in the order they run (the most informative first):
 
 1. `settings` at equal steps: the difficulty axis (`SETTINGS`), `epochs` x `steps_per_epoch` steps each;
 2. equal wall time: unsupervised trained again for as many epochs as OFG's time allows (median seconds per step);
@@ -31,12 +33,14 @@ import numpy as np
 import torch
 
 from .compare import METRICS
+from .config import from_namespace, load_config
 from .sweep import equal_time_epochs, mean_curve, step_seconds, sweep
 from .sweep import table_markdown as _table
 from .paths import atomic_write, write_json
 
-__all__ = ["SETTINGS", "setting_config", "identity_scores", "run_study", "plateau", "table_markdown", "curves",
-           "conclusion", "spec_from_params", "write_report"]
+__all__ = ["SETTINGS", "setting_config", "identity_scores", "make_spec", "spec_from_params", "run_study", "plateau",
+           "table_markdown", "curves", "conclusion", "design_markdown", "settings_markdown", "budget_markdown",
+           "confirm_3d_markdown", "write_report"]
 
 # The difficulty axis. Sizes scale with the cohort's default RMS for the image size (`Embedded.rms`), so a
 # setting means the same thing in 2-D and 3-D. `supersample: 2` makes moving and fixed equally sharp (see
@@ -88,6 +92,30 @@ def identity_scores(cfg: dict, n: int = 10) -> dict:
         d.append(float(np.nanmean(dice(it["moving_seg"][None], it["fixed_seg"][None], ds.labels).numpy())))
         e.append(float(it["disp_true"].norm(dim=0)[it["fixed_seg"][0] > 0].mean()))
     return {"dice": float(np.mean(d)), "epe": float(np.mean(e))}
+
+
+def make_spec(base: dict, settings, seeds, last_k: int = 3, equal_time: bool = True, variants=None,
+              both_variants=None, budgets=(), confirm_3d=None) -> dict:
+    """A study spec (what `run_study` takes): `base`, the config every run shares (TrainConfig keys, with img_size,
+    epochs and steps_per_epoch), and the axes it is varied along. None for variants, both_variants or budgets
+    means none."""
+    missing = [k for k in ("img_size", "epochs", "steps_per_epoch") if k not in base]
+    if missing:
+        raise ValueError(f"a study's base config needs {', '.join(missing)} (every run's size and length), "
+                         f"got keys {', '.join(base) or '(none)'}")
+    unknown = [s for s in settings if s not in SETTINGS]
+    if unknown:
+        raise ValueError(f"unknown setting(s) {', '.join(map(repr, unknown))}; settings: {', '.join(SETTINGS)}")
+    return {"base": dict(base), "settings": list(settings), "seeds": list(seeds), "last_k": last_k,
+            "equal_time": equal_time, "variants": dict(variants or {}), "both_variants": dict(both_variants or {}),
+            "budgets": list(budgets or []), "confirm_3d": confirm_3d}
+
+
+def spec_from_params(p: dict) -> dict:
+    """Notebook 08's parameters (a params/*.yaml section, or the parameter cell's namespace) -> a study spec: its
+    TrainConfig keys are the base config (`config.from_namespace`), the study's own names are the axes."""
+    axes = ("last_k", "equal_time", "variants", "both_variants", "budgets", "confirm_3d")
+    return make_spec(from_namespace(p), p["settings"], p["seeds"], **{k: p[k] for k in axes if k in p})
 
 
 def run_study(spec: dict, out, callbacks=(), log=print) -> dict:
@@ -233,6 +261,89 @@ def conclusion(result: dict) -> str:
     return "\n".join(lines)
 
 
+PAPER_STEPS = 500 * 200   # the paper's training: 500 epochs of its 200 IXI training pairs, at network lr 1e-4
+
+
+def _named(overrides: dict) -> str:
+    """{name: {key: value}} as "`name` (key=value)", joined by semicolons."""
+    return "; ".join(f"`{n}` ({', '.join(f'{k}={v}' for k, v in o.items())})" for n, o in overrides.items())
+
+
+def design_markdown(spec: dict) -> str:
+    """The design of a study in sentences built from its spec (notebook 08, sections 1 and 6): what every run
+    trains, the seeds, each axis, and how many runs that makes."""
+    cfg, seeds, settings = load_config(spec["base"]), list(spec["seeds"]), list(spec["settings"])
+    n, first, last_k = len(seeds), settings[0], int(spec.get("last_k", 3))
+    steps, size = cfg.epochs * cfg.steps_per_epoch, "x".join(map(str, cfg.img_size))
+    track = f"the 2-D track (an axial slice, {size})" if len(cfg.img_size) == 2 else f"3-D volumes ({size})"
+    decay = {"poly": "decaying as poly(0.9) over the run", "constant": "constant"}
+    inner = {"adam": "Adam", "sgd": "SGD"}.get(cfg.inner_optimizer, cfg.inner_optimizer)
+    variants, both = spec.get("variants") or {}, spec.get("both_variants") or {}
+    budgets = [b for b in spec.get("budgets") or [] if b != cfg.epochs]
+    c3 = dict(spec.get("confirm_3d") or {})
+    seeds3 = list(c3.pop("seeds", seeds))
+    size3 = "x".join(map(str, c3.pop("img_size", [])))
+    if n > 1:
+        from scipy import stats
+        spread = (f"{n} paired differences per comparison, so its 95 % interval uses t with {n - 1} degrees of "
+                  f"freedom (t = {stats.t.ppf(0.975, n - 1):.2f})")
+    else:
+        spread = "one paired difference per comparison: no spread over seeds, no interval"
+    runs = 2 * n * (len(settings) + len(both) + len(budgets)) + n * len(variants) + (2 * len(seeds3) if c3 else 0)
+    timed = n * len(settings) if spec.get("equal_time", True) else 0
+    return "\n".join([
+        f"**Every run** trains `{cfg.model}` on {track} for {cfg.epochs} epochs x {cfg.steps_per_epoch} pairs = "
+        f"{steps:,} steps at network lr {cfg.lr:g} ({decay[cfg.lr_schedule]}), OFG with {cfg.inner_steps} inner "
+        f"{inner} steps of lr {cfg.inner_lr:g} ({decay[cfg.inner_lr_schedule]}). It validates on {cfg.val_pairs} "
+        f"pairs after every epoch; its score is the mean of its last {last_k} validation"
+        f"{'s' if last_k > 1 else ''}. (The paper: lr 1e-4 for {PAPER_STEPS:,} steps, {PAPER_STEPS / steps:,.0f} "
+        "times as many.)",
+        "",
+        f"**Seeds** {', '.join(map(str, seeds))}: {spread}.",
+        "",
+        "**The axes:**",
+        "",
+        f"- difficulty: {', '.join(settings)}, each at equal steps"
+        + (" and at equal wall time (unsupervised trained again for OFG's time);" if timed else ";"),
+        "- the inner optimizer: " + (f"{_named(variants)}, OFG only, against the unsupervised runs of `{first}`;"
+                                     if variants else "not varied;"),
+        "- both strategies: " + (f"{_named(both)}, on `{first}`;" if both else "no other settings;"),
+        "- budget: " + (f"`{first}` also for {', '.join(map(str, budgets))} epoch{'' if budgets == [1] else 's'} ("
+                        + ", ".join(f"{b * cfg.steps_per_epoch:,}" for b in budgets) + " steps);"
+                        if budgets else "not varied;"),
+        "- 3-D: " + (f"one run per strategy and seed ({', '.join(map(str, seeds3))}) at {size3} "
+                     f"({', '.join(f'{k}={v}' for k, v in c3.items())}), on the setting where OFG gains most in "
+                     "2-D (where it gains in none, the hardest)." if size3 else "none."),
+        "",
+        f"In all **{runs} runs**" + (f", and up to {timed} equal-time runs (one per setting and seed, where OFG's "
+                                     "slower steps buy unsupervised training more epochs)." if timed else "."),
+    ])
+
+
+def settings_markdown(identity: dict, img_size) -> str:
+    """The difficulty axis as a table (notebook 08, section 1): per setting what changes, its config keys at
+    `img_size`, and the Dice and EPE of the identity ({setting: `identity_scores`})."""
+    head = "| setting | what changes | config keys | identity Dice | identity EPE (vox) |\n|---|---|---|---|---|\n"
+    return head + "\n".join(f"| {n} | {DESCRIPTIONS[n]} | `{setting_config(n, img_size)}` | {v['dice']:.3f} | "
+                             f"{v['epe']:.2f} |" for n, v in identity.items())
+
+
+def budget_markdown(budget: dict, setting: str) -> str:
+    """The budget axis in a sentence per strategy, from `plateau`'s result for `setting`."""
+    if any(v.get("plateaued") is None for v in budget.values()):
+        return f"Budget axis ({setting}): fewer than two budgets, so no plateau to judge."
+    return f"Budget axis ({setting}): " + "; ".join(
+        f"{s}: Dice {', '.join(f'{d:.3f}' for d in v['dice'])} at {v['epochs']} epochs, "
+        f"{'plateaued' if v['plateaued'] else 'still rising'} (last gain {v['last_gain']:+.4f})"
+        for s, v in budget.items())
+
+
+def confirm_3d_markdown(c: dict) -> str:
+    """The 3-D confirmation's choice in a sentence (a study result's `confirm_3d`)."""
+    return (f"3-D confirmation: setting **{c['setting']}** ({c['why']}), {c['img_size']}, seeds {c['seeds']}, "
+            f"identity Dice {c['identity']['dice']:.3f}.")
+
+
 def table_markdown(rows, columns=METRICS) -> str:
     """The study's rows (OFG against unsupervised, paired by seed) in the runner's table (`ofg_lib.sweep.
     table_markdown`, one line per run and metric)."""
@@ -308,19 +419,6 @@ def main(argv=None):
     write_report(result, report, (before or 0.0) + hours, machine, f"python -m ofg_lib.study --profile {args.profile}")
     print(table_markdown(result["rows"]))
     print(conclusion(result))
-
-
-def spec_from_params(p: dict) -> dict:
-    """Notebook 08's parameters (flat, papermill-friendly) -> a study spec."""
-    base = {"model": p.get("model", "voxelmorph-1"), "img_size": list(p["img_size"]), "epochs": p["epochs"],
-            "steps_per_epoch": p["steps_per_epoch"], "lr": p.get("lr", 1e-4), "val_pairs": p.get("val_pairs", 10),
-            "threads": p.get("threads", 0), "progress": p.get("progress", True),
-            "inner_lr_schedule": p.get("inner_lr_schedule", "poly")}
-    return {"base": base, "settings": list(p["settings"]), "seeds": list(p["seeds"]),
-            "last_k": p.get("last_k", 3), "equal_time": p.get("equal_time", True),
-            "variants": p.get("variants") or {}, "both_variants": p.get("both_variants") or {},
-            "budgets": list(p.get("budgets") or []),
-            "confirm_3d": p.get("confirm_3d")}
 
 
 if __name__ == "__main__":

@@ -157,6 +157,66 @@ def test_spec_from_the_notebook_parameters():
     assert spec["base"]["img_size"] == [64, 80] and spec["variants"] == {} and spec["budgets"] == []
 
 
+def test_a_spec_is_the_parameter_cells_config_keys_and_the_studys_axes():
+    """The notebook's one call (config.from_namespace) and the CLI's params section give the same spec; names
+    that are no config keys (run_dir, report, seeds) stay out of the base config."""
+    from ofg_lib.config import from_namespace
+    cell = {"run_dir": "results/x", "model": "voxelmorph-1-tiny", "img_size": [32, 32], "lr": 1e-3, "epochs": 3,
+            "steps_per_epoch": 5, "val_pairs": 2, "seeds": [0, 1], "last_k": 1, "settings": ["today", "large"],
+            "equal_time": True, "variants": {}, "both_variants": {}, "budgets": [], "confirm_3d": None,
+            "threads": 0, "progress": False, "report": "reports/study"}
+    base = from_namespace(cell)
+    assert set(base) == {"model", "img_size", "lr", "epochs", "steps_per_epoch", "val_pairs", "threads", "progress"}
+    spec = study.make_spec(base, cell["settings"], cell["seeds"], last_k=1, equal_time=True, variants={},
+                           both_variants={}, budgets=[], confirm_3d=None)
+    assert spec == study.spec_from_params(cell)
+    with pytest.raises(ValueError, match="needs steps_per_epoch"):
+        study.make_spec({"img_size": [32, 32], "epochs": 1}, ["today"], [0])
+    with pytest.raises(ValueError, match="unknown setting.*'hard'"):
+        study.make_spec(base, ["hard"], [0])
+
+
+def test_the_design_is_built_from_the_spec_and_counts_the_runs(done):
+    import re
+    _, result = done
+    text = study.design_markdown(SPEC)
+    assert "`voxelmorph-1-tiny` on the 2-D track (an axial slice, 32x32) for 2 epochs x 2 pairs = 4 steps" in text
+    assert "network lr 0.001" in text and "25,000 times as many" in text
+    assert "**Seeds** 0, 1: 2 paired differences" in text and "t with 1 degrees of freedom (t = 12.71)" in text
+    assert "difficulty: today, subject, each at equal steps and at equal wall time" in text
+    assert "`inner_steps_1` (inner_steps=1), OFG only" in text and "`paper_lr` (lr=0.0001), on `today`" in text
+    assert "`today` also for 1 epoch (2 steps)" in text
+    assert "3-D: one run per strategy and seed (0) at 16x16x16 (epochs=1, steps_per_epoch=2)" in text
+    runs = int(re.search(r"In all \*\*(\d+) runs\*\*", text).group(1))
+    timed = sum(r["comparison"] == "equal time" for r in result["rows"]) * len(SPEC["seeds"])
+    assert runs == 20 and len(result["histories"]) == runs + timed      # what the study trained
+    small = {**SPEC, "seeds": [0], "variants": {}, "both_variants": {}, "budgets": [], "confirm_3d": None,
+             "equal_time": False}
+    text = study.design_markdown(small)
+    assert "no spread over seeds, no interval" in text and "In all **4 runs**." in text
+    assert "inner optimizer: not varied" in text and "budget: not varied" in text and "3-D: none." in text
+
+
+def test_the_settings_table_and_the_budget_and_3d_sentences_come_from_the_numbers():
+    table = study.settings_markdown({"today": {"dice": 0.9, "epe": 0.421}, "large": {"dice": 0.4271, "epe": 1.8}},
+                                    (32, 32))
+    lines = table.splitlines()
+    assert lines[0].startswith("| setting | what changes | config keys |") and len(lines) == 4
+    assert lines[2].startswith("| today | today's cohort") and lines[2].endswith("| `{}` | 0.900 | 0.42 |")
+    assert lines[3].endswith("| 0.427 | 1.80 |") and "'embedded_supersample': 2" in lines[3]
+    rows = [_row("today-8ep", [0.80, 0.80], [0.78, 0.78], 8), _row("today", [0.85, 0.85], [0.84, 0.84], 24),
+            _row("today-72ep", [0.852, 0.852], [0.86, 0.86], 72)]
+    text = study.budget_markdown(study.plateau(rows, "today"), "today")
+    assert text.startswith("Budget axis (today): unsupervised: Dice 0.800, 0.850, 0.852 at [8, 24, 72] epochs, "
+                           "plateaued (last gain +0.0020); ofg: Dice 0.780, 0.840, 0.860")
+    assert text.endswith("still rising (last gain +0.0200)")
+    assert "fewer than two budgets" in study.budget_markdown(study.plateau(rows[:1], "today"), "today")
+    c = {"setting": "large", "why": "the largest mean Dice gain in 2-D", "img_size": [16, 16, 16], "seeds": [0],
+         "identity": {"dice": 0.4412, "epe": 1.0}}
+    assert study.confirm_3d_markdown(c) == ("3-D confirmation: setting **large** (the largest mean Dice gain in 2-D), "
+                                            "[16, 16, 16], seeds [0], identity Dice 0.441.")
+
+
 def test_a_first_schema_report_converts_to_the_runners_rows():
     """scripts/migrate_study_report.py: old rows (one per metric, ddof-0 spreads) become one runner row per stage;
     every number follows from the stored ones (spreads rescaled to ddof 1, the interval from the per-seed values)."""
