@@ -37,7 +37,7 @@ def main(argv=None):
         cfg = load_config({"model": args.model, "img_size": args.size, "strategy": strategy, "epochs": epochs + 1,
                            "steps_per_epoch": 50, "val_pairs": 1, "val_every": 10 ** 6, "progress": False,
                            "lr": 1e-3})
-        t = Trainer(cfg)
+        t = Trainer.from_config(cfg)
         t.train_set.build(progress=False)       # the cohort is generated once per machine, then read from data/
         t.cfg.steps_per_epoch = args.warmup      # an untimed first epoch: data cache, allocator, threads
         t.train_epoch()

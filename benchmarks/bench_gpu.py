@@ -50,7 +50,7 @@ from ofg_lib.losses import FixedLNCC, grad_l2, lncc, ofg_loss  # noqa: E402
 from published import lncc_conv3d  # noqa: E402
 from ofg_lib.metrics import time_ms  # noqa: E402
 from ofg_lib.optimizer import refine  # noqa: E402
-from ofg_lib.paths import atomic_write  # noqa: E402
+from ofg_lib.files import atomic_write  # noqa: E402
 from ofg_lib.transform import warp  # noqa: E402
 
 FULL_SIZE = (160, 192, 224)

@@ -11,7 +11,7 @@
 # Code: `ofg_lib/data/`.
 
 # %% tags=["parameters"]
-size = [80, 96, 112]  # volume size (D, H, W) of the embedded cohort; the paper's: 160x192x224
+img_size = [80, 96, 112]  # volume size (D, H, W) of the embedded cohort; the paper's: 160x192x224
 seed = 0  # cohort seed: the same seed always gives the same subjects
 n_show = 3  # subjects to show
 ixi_root = ""  # folder of TransMorph's IXI release (atlas.pkl, Train/, Val/, Test/); empty: skip
@@ -19,7 +19,7 @@ oasis_root = ""  # folder of neurite-oasis (OASIS_OAS1_*_MR1/) or TransMorph's O
 lpba40_root = ""  # folder with the LPBA40 S??.*.nii.gz files; empty: skip
 
 # %%
-size = tuple(size)
+img_size = tuple(img_size)
 
 # %%
 import time
@@ -72,10 +72,10 @@ ofg_lib.seed_all(seed)
 # Split: 200 train, 20 val, 40 test subjects.
 
 # %%
-val = Embedded("val", size=size, seed=seed)
+val = Embedded("val", img_size=img_size, seed=seed)
 t0 = time.perf_counter()
 val.build()
-print(f"{len(val)} validation subjects at {size}: {time.perf_counter() - t0:.1f} s "
+print(f"{len(val)} validation subjects at {img_size}: {time.perf_counter() - t0:.1f} s "
       f"(generated once, then read from {val.folder.name}/)")
 print("RMS of the true deformations: %.2f voxels" % val.rms)
 
@@ -85,7 +85,7 @@ for row, i in enumerate(range(n_show)):
     item = val[i]
     for col, axis in enumerate((0, 1, 2)):
         show_overlay(item["fixed"], item["fixed_seg"], axes[row, col], axis=axis)
-    axes[row, 3].imshow(item["disp_true"].norm(dim=0)[size[0] // 2].T, origin="lower", cmap="viridis")
+    axes[row, 3].imshow(item["disp_true"].norm(dim=0)[img_size[0] // 2].T, origin="lower", cmap="viridis")
     axes[row, 3].axis("off")
     axes[row, 0].set_title(f"{item['id']}: fixed + labels")
     axes[row, 3].set_title("|disp_true| (voxels)")
@@ -132,9 +132,9 @@ plt.show()
 item = val[0]
 
 
-def show(axis=0, index=size[0] // 2):
-    index = min(index, size[axis] - 1)
-    where = [s // 2 for s in size]
+def show(axis=0, index=img_size[0] // 2):
+    index = min(index, img_size[axis] - 1)
+    where = [s // 2 for s in img_size]
     where[axis] = index
     fig, ax = plt.subplots(1, 2, figsize=(8, 4))
     show_overlay(item["moving"], item["moving_seg"], ax[0], axis=axis, index=where)
@@ -145,13 +145,13 @@ def show(axis=0, index=size[0] // 2):
 
 
 axis_menu = widgets.Dropdown(options=[0, 1, 2], value=0, description="axis")
-slice_slider = widgets.IntSlider(min=0, max=size[0] - 1, value=size[0] // 2, description="slice")
+slice_slider = widgets.IntSlider(min=0, max=img_size[0] - 1, value=img_size[0] // 2, description="slice")
 
 
 def bound_slider(change):
     """The slice slider runs over the chosen axis's slices only (and starts in its middle)."""
-    slice_slider.max = size[change["new"]] - 1
-    slice_slider.value = size[change["new"]] // 2
+    slice_slider.max = img_size[change["new"]] - 1
+    slice_slider.value = img_size[change["new"]] // 2
 
 
 axis_menu.observe(bound_slider, names="value")
@@ -185,7 +185,7 @@ for name, cls, root in (("IXI", IXI, ixi_root), ("OASIS", OASIS, oasis_root), ("
 #
 # | config key | `Embedded` argument | what it does |
 # |---|---|---|
-# | `img_size: [H, W]` | `size=(H, W)` | the 2-D track: one axial slice (MNI z = +10 mm), deformed in-plane; ten labels |
+# | `img_size: [H, W]` | `img_size=(H, W)` | the 2-D track: one axial slice (MNI z = +10 mm), deformed in-plane; ten labels |
 # | `embedded_pairs: subject` | `pairs="subject"` | subject-to-subject pairs (the OASIS setting); the truth is composed |
 # | `embedded_contrast: c` | `contrast=c` | each subject's grey matter, white matter and CSF get their own intensity |
 # | `embedded_rms`, `embedded_rms_jitter`, `embedded_fine_rms` | `rms`, `rms_jitter`, `fine_rms` | larger, per-subject and multi-scale deformations |
@@ -246,10 +246,10 @@ print(f"moving_seg carried by disp_true:       {np.mean(carried):.2%} (a second 
 # Next: notebook 02 explains how a displacement warps an image.
 #
 # ### Exercises
-# 1. *Predict, then run.* Set `size = [40, 48, 56]`. What happens to the RMS of the true deformations printed in
+# 1. *Predict, then run.* Set `img_size = [40, 48, 56]`. What happens to the RMS of the true deformations printed in
 #    section 2, and why? Hint: `Embedded` scales the deformation with the volume (`RMS_AT_FULL_SIZE` in
 #    `ofg_lib/data/embedded.py`), so a displacement in voxels shrinks with the grid.
-# 2. Build `Embedded("val", size, seed=1)` and compare its first subject with seed 0's. Which of `moving`,
+# 2. Build `Embedded("val", img_size, seed=1)` and compare its first subject with seed 0's. Which of `moving`,
 #    `fixed`, `disp_true` change? Hint: the atlas is the moving image of every pair.
 # 3. In section 4, count the folds of `disp_true` for a field made *without* integration: add
 #    `ofg_lib.data.random_smooth_disp` fields of growing amplitude and find where `fold_fraction` leaves 0.

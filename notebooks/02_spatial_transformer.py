@@ -9,7 +9,7 @@
 # seconds on one GPU. Code: `ofg_lib/transform.py`, `ofg_lib/metrics.py`, `ofg_lib/viz/fields.py`.
 
 # %% tags=["parameters"]
-size = [64, 80, 96]  # volume size (D, H, W); the paper's IXI/OASIS volumes are 160x192x224
+img_size = [64, 80, 96]  # volume size (D, H, W); the paper's IXI/OASIS volumes are 160x192x224
 rms = 3.0  # RMS size of the random smooth displacement, voxels
 fold_rms = 0.75  # RMS of section 5's folding example (where its slider starts), in correlation lengths
 seed = 0  # seeds the random fields
@@ -30,7 +30,7 @@ from ofg_lib.metrics import dice, fold_fraction, jacobian_det
 from ofg_lib.transform import compose, identity_grid, warp
 from ofg_lib.viz import interactive, show_folds, show_overlay, show_slices
 
-size = tuple(size)
+img_size = tuple(img_size)
 ofg_lib.seed_all(seed)
 dev = ofg_lib.device(device)
 print("device:", dev)
@@ -51,13 +51,13 @@ print("device:", dev)
 # of that axis: $\text{warped}(d, h, w) = I_m(d, h, w + 2)$.
 
 # %%
-image, labels = mni_template(size)
+image, labels = mni_template(img_size)
 image, labels = image.to(dev), labels.to(dev)
-shift = torch.zeros(1, 3, *size, device=dev)
+shift = torch.zeros(1, 3, *img_size, device=dev)
 shift[:, 2] = 2.0
 shifted = warp(image, shift)
 assert torch.allclose(shifted[..., :-2], image[..., 2:], atol=1e-4)  # float32 grid rounding
-print("identity grid channel 2, first row:", identity_grid(size)[0, 2, 0, 0, :6].tolist())
+print("identity grid channel 2, first row:", identity_grid(img_size)[0, 2, 0, 0, :6].tolist())
 
 # %% [markdown]
 # ## 2. Warping an image and its labels
@@ -67,7 +67,7 @@ print("identity grid channel 2, first row:", identity_grid(size)[0, 2, 0, 0, :6]
 # label $\ell$ in the two label maps.
 
 # %%
-disp = random_smooth_disp(size, rms, seed=seed).to(dev)
+disp = random_smooth_disp(img_size, rms, seed=seed).to(dev)
 warped = warp(image, disp)
 warped_labels = warp(labels, disp, mode="nearest")
 print("largest displacement: %.1f voxels" % disp.norm(dim=1).max())
@@ -92,10 +92,10 @@ print("Dice(template labels, warped labels), labels 1-12:", np.round(tissue_dice
 # 1.62e-05: `benchmarks/results/gpu_run_h200_session2.log`).
 
 # %%
-coords = identity_grid(size, dtype=torch.float64)[0].numpy() + disp[0].double().cpu().numpy()
+coords = identity_grid(img_size, dtype=torch.float64)[0].numpy() + disp[0].double().cpu().numpy()
 ref = map_coordinates(image[0, 0].double().cpu().numpy(), coords, order=1, mode="grid-constant", cval=0.0)
 err = np.abs(warped[0, 0].double().cpu().numpy() - ref).max()
-tol = 2 * np.finfo(np.float32).eps * max(size)
+tol = 2 * np.finfo(np.float32).eps * max(img_size)
 print(f"max |ofg_lib.warp - scipy| = {err:.2e} (float32 bound at this size: {tol:.1e})")
 assert err < tol
 
@@ -111,8 +111,8 @@ assert err < tol
 # registration code composes fields rather than warping repeatedly.
 
 # %%
-a = random_smooth_disp(size, rms / 2, seed=seed + 1).to(dev)
-b = random_smooth_disp(size, rms / 2, seed=seed + 2).to(dev)
+a = random_smooth_disp(img_size, rms / 2, seed=seed + 1).to(dev)
+b = random_smooth_disp(img_size, rms / 2, seed=seed + 2).to(dev)
 assert torch.equal(b + warp(a, b), compose(a, b))
 once, twice = warp(image, compose(a, b)), warp(warp(image, a), b)
 inner = (slice(None), slice(None)) + (slice(4, -4),) * 3
@@ -138,8 +138,8 @@ print("mean |once - twice| inside: %.4f (image range 0..1)" % (once - twice)[inn
 # `fold_rms * spacing` voxels: large enough to fold.
 
 # %%
-spacing = min(size) // 4  # correlation length of this section's random fields, voxels
-big = random_smooth_disp(size, fold_rms * spacing, spacing, seed=seed, invertible=False).to(dev)
+spacing = min(img_size) // 4  # correlation length of this section's random fields, voxels
+big = random_smooth_disp(img_size, fold_rms * spacing, spacing, seed=seed, invertible=False).to(dev)
 grads = torch.gradient(big[0], dim=(1, 2, 3))  # grads[j][i] = d u_i / d x_j, shape (3, D, H, W) each
 J = torch.stack(grads, dim=-1).movedim(0, -2) + torch.eye(3, device=dev)  # (D, H, W, 3, 3), J[..., i, j]
 det = torch.linalg.det(J)
@@ -164,7 +164,7 @@ print(f"det J from {float(det.min()):.2f} to {float(det.max()):.2f}; {int(folds.
 rms_values = [spacing * k / 8 for k in range(1, 9)]
 sweep = {}  # name: (RMS values, % of brain voxels folded)
 for name, invertible in [("displacement", False), ("integrated velocity", True)]:
-    fields = (random_smooth_disp(size, r, spacing, seed=seed, invertible=invertible).to(dev) for r in rms_values)
+    fields = (random_smooth_disp(img_size, r, spacing, seed=seed, invertible=invertible).to(dev) for r in rms_values)
     sweep[name] = (rms_values, [100 * fold_fraction(field, brain) for field in fields])
 print("RMS (voxels)        ", "  ".join(f"{r:6.2f}" for r in rms_values))
 for name, (_, pct) in sweep.items():
@@ -183,7 +183,7 @@ display(Markdown(f"As a displacement the field {where}; integrated from a veloci
 
 # %%
 def fold_view(rms, invertible):
-    field = random_smooth_disp(size, rms, spacing, seed=seed, invertible=invertible).to(dev)
+    field = random_smooth_disp(img_size, rms, spacing, seed=seed, invertible=invertible).to(dev)
     show_folds(field_maps(field, mask=brain), sweep=sweep, rms=rms)
     plt.show()
 

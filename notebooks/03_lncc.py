@@ -10,7 +10,7 @@
 # seconds on one GPU. Code: `ofg_lib/losses.py`; the full speed comparison is `benchmarks/bench_lncc.py`.
 
 # %% tags=["parameters"]
-size = [48, 56, 64]  # volume size (D, H, W) for the demonstrations and timings
+img_size = [48, 56, 64]  # volume size (D, H, W) for the demonstrations and timings
 window = 9  # LNCC window side (the paper: 9)
 repeats = 3  # timing repeats (median reported)
 seed = 0  # seeds the random fields
@@ -27,17 +27,17 @@ from IPython.display import Markdown, display
 from scipy.ndimage import uniform_filter
 
 import ofg_lib
-from ofg_lib.paths import REPO
+from ofg_lib.files import REPO
 from ofg_lib.data import mni_template, random_smooth_disp
 from ofg_lib.losses import box_sum, lncc
 from ofg_lib.metrics import time_ms
 from ofg_lib.transform import warp
 from ofg_lib.viz import interactive, show_slices
 
-size = tuple(size)
+img_size = tuple(img_size)
 ofg_lib.seed_all(seed)
 dev = ofg_lib.device(device)
-image, labels = (t.to(dev) for t in mni_template(size))
+image, labels = (t.to(dev) for t in mni_template(img_size))
 print("device:", dev)
 
 # %% [markdown]
@@ -117,9 +117,9 @@ print(f"adds per voxel at window {window}: dense {window**3}, separable {3 * (wi
 # the global correlation coefficient squared and by LNCC.
 
 # %%
-zz = torch.linspace(-1, 1, size[0], device=dev).view(1, 1, -1, 1, 1)
+zz = torch.linspace(-1, 1, img_size[0], device=dev).view(1, 1, -1, 1, 1)
 other_scanner = (image * (1 + 0.4 * zz)).clamp(0, 1) ** 0.7
-misaligned = warp(image, random_smooth_disp(size, 3.0, seed=seed).to(dev))
+misaligned = warp(image, random_smooth_disp(img_size, 3.0, seed=seed).to(dev))
 scores = {}
 for name, img in [("same image", image), ("bias field + gamma", other_scanner), ("misaligned", misaligned)]:
     g = float(torch.corrcoef(torch.stack([image.flatten(), img.flatten()]))[0, 1] ** 2)
@@ -152,7 +152,7 @@ fig, ax = plt.subplots(figsize=(6, 3.5))
 for win in (3, 5, 9, 15):
     values = []
     for s in shifts:
-        d = torch.zeros(1, 3, *size, device=dev)
+        d = torch.zeros(1, 3, *img_size, device=dev)
         d[:, 1] = float(s)
         values.append(float(lncc(image, warp(image, d), win)))
     ax.plot(shifts, values, label=f"window {win}")

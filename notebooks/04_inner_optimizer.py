@@ -13,7 +13,7 @@
 # 30 s at 80x96x112 (`make reproduce`); a few seconds on one GPU (the `gpu` profile runs 160x192x224). Code: `ofg_lib/optimizer.py` (`refine`), built on notebooks 02 and 03.
 
 # %% tags=["parameters"]
-size = [64, 80, 96]  # volume size (D, H, W); the paper: 160x192x224 (make reproduce: 80x96x112)
+img_size = [64, 80, 96]  # volume size (D, H, W); the paper: 160x192x224 (make reproduce: 80x96x112)
 subject = 0  # which validation subject of the embedded cohort
 inner_steps = 10  # inner steps per training step (the paper: 10)
 inner_lr = 0.1  # Adam learning rate of the inner optimizer (the paper: 0.1)
@@ -25,8 +25,8 @@ seed = 0  # seed of the embedded cohort
 device = "auto"  # "auto" uses a GPU when there is one
 
 # %%
-size = tuple(size)
-widget_size = tuple(min(w, s) for w, s in zip(widget_size, size))
+img_size = tuple(img_size)
+widget_size = tuple(min(w, s) for w, s in zip(widget_size, img_size))
 
 # %%
 import time
@@ -48,7 +48,7 @@ from ofg_lib.viz import show_slices
 
 ofg_lib.seed_all(seed)
 dev = ofg_lib.device(device)
-cohort = Embedded("val", size=size, seed=seed)
+cohort = Embedded("val", img_size=img_size, seed=seed)
 pair = {k: v[None].to(dev) for k, v in cohort[subject].items() if k != "id"}
 moving, fixed, disp_true = pair["moving"], pair["fixed"], pair["disp_true"]
 brain = pair["fixed_seg"][:, 0] > 0
@@ -71,7 +71,7 @@ def evaluate(disp):
             "folds %": 100 * fold_fraction(disp, brain)}
 
 
-start = torch.zeros(1, 3, *size, device=dev)  # the identity: a poor first guess
+start = torch.zeros(1, 3, *img_size, device=dev)  # the identity: a poor first guess
 print("identity:", {k: round(v, 4) for k, v in evaluate(start).items()})
 show_slices({"moving": moving, "fixed": fixed, "|fixed - moving|": (fixed - moving).abs()})
 plt.show()
@@ -142,7 +142,7 @@ def adam_loop(phi_pred, moving, fixed, inner_steps=10, inner_lr=0.1, inner_reg=1
 kw = dict(inner_steps=inner_steps, inner_lr=inner_lr, inner_reg=inner_reg)
 diff32 = (adam_loop(start, moving, fixed, **kw) - refine(start, moving, fixed, **kw)).abs()
 print(f"float32: max |loop - refine| = {float(diff32.max()):.2e} voxels, mean {float(diff32.mean()):.2e}")
-crop = (slice(None), slice(None), *(slice((n - w) // 2, (n - w) // 2 + w) for n, w in zip(size, widget_size)))
+crop = (slice(None), slice(None), *(slice((n - w) // 2, (n - w) // 2 + w) for n, w in zip(img_size, widget_size)))
 m64, f64, s64 = moving[crop].double(), fixed[crop].double(), start[crop].double()
 with cpu_kernels_set(False):
     ours, theirs = adam_loop(s64, m64, f64, **kw), refine(s64, m64, f64, **kw)
@@ -353,7 +353,7 @@ plt.show()
 # `inner_lr`, and the start `phi_pred`.
 
 # %%
-crop = (..., *(slice((s - c) // 2, (s - c) // 2 + c) for s, c in zip(size, widget_size)))
+crop = (..., *(slice((s - c) // 2, (s - c) // 2 + c) for s, c in zip(img_size, widget_size)))
 small = {"moving": moving[crop], "fixed": fixed[crop], "disp_true": disp_true[crop], "brain": brain[crop]}
 
 

@@ -51,7 +51,7 @@ from ofg_lib.data import from_config
 from ofg_lib.evaluate import load_run
 from ofg_lib.losses import ofg_loss
 from ofg_lib.optimizer import refine
-from ofg_lib.paths import resolve
+from ofg_lib.files import resolve
 
 out = resolve(run_dir) / "compare"
 # the parameters above named as config keys, as one config (empty data_root / zero RMS: the defaults)
@@ -101,7 +101,7 @@ for name in ("ofg", "unsupervised"):
 
 # %%
 one = train.load_config({**base, "strategy": "ofg", "progress": False, "steps_per_epoch": 3})  # a short epoch
-mine = train.Trainer(one)                  # the model, data and order of a run of this config, nothing trained
+mine = train.Trainer.from_config(one)                  # the model, data and order of a run of this config, nothing trained
 adam = torch.optim.Adam(mine.model.parameters(), lr=one.lr, amsgrad=True)
 for batch in mine.batches(epoch=0):        # the first epoch's pairs, in the trainer's order
     moving, fixed = batch["moving"].to(mine.device), batch["fixed"].to(mine.device)
@@ -112,7 +112,7 @@ for batch in mine.batches(epoch=0):        # the first epoch's pairs, in the tra
     loss.backward()
     adam.step()
 
-theirs = train.Trainer(one)
+theirs = train.Trainer.from_config(one)
 theirs.train_epoch()
 same = all(torch.equal(a, b) for a, b in zip(mine.model.parameters(), theirs.model.parameters()))
 print(f"after {one.steps_per_epoch} OFG steps the hand-written loop and the trainer hold identical weights: {same}")

@@ -37,8 +37,8 @@ from ofg_lib import models
 from ofg_lib.data import from_config
 from ofg_lib.compare import load_runs
 from ofg_lib.evaluate import evaluate, field_maps
-from ofg_lib.paths import resolve
-from ofg_lib.baselines import QUICK, Baseline, available, register
+from ofg_lib.files import resolve
+from ofg_lib.baselines import QUICK, Baseline, available, register_classical
 from ofg_lib.report import classical_row, network_row, write_report
 from ofg_lib.viz import dice_boxplot, interactive, method_columns, pair_panels
 
@@ -151,7 +151,7 @@ pair = {k: v[None] for k, v in val[0].items() if k != "id"}
 for method in baselines:
     if available(method) or method == "instance":
         continue
-    disp_m, theirs = register(method, pair["moving"], pair["fixed"], threads, pair["moving_seg"], **QUICK[method])
+    disp_m, theirs = register_classical(method, pair["moving"], pair["fixed"], threads, pair["moving_seg"], **QUICK[method])
     ours = warp(pair["moving_seg"], disp_m, mode="nearest")
     labelled = (ours > 0) | (theirs > 0)
     agreement = float((ours[labelled] == theirs[labelled]).double().mean())
@@ -182,8 +182,8 @@ for folder in [run_dir, *extra_run_dirs]:  # extra runs: trained on the same dat
     networks.append(row)
     if folder == run_dir:
         evals = {"unsupervised": r["unsupervised"], "ofg": r["ofg"], **evals}
-size = "x".join(str(v) for v in cfg["img_size"])
-notes = (f"Embedded cohort ({cfg['dataset']}, {size}), first {n_rep} validation pair(s); networks: seeds "
+size_text = "x".join(str(v) for v in cfg["img_size"])
+notes = (f"Embedded cohort ({cfg['dataset']}, {size_text}), first {n_rep} validation pair(s); networks: seeds "
          f"{seeds_found}, Dice ± std over seeds x pairs; classical: ± std over pairs. Folds in % of voxels. "
          f"Inference on {dev} for the networks, CPU ({threads} threads) for the classical methods. The paper's "
          "columns are its IXI rows (real data, 160x192x224, 500 epochs on a GPU): not comparable number for number.")

@@ -49,7 +49,7 @@ from ofg_lib.data import from_config
 from ofg_lib.evaluate import load_run
 from ofg_lib.losses import ofg_loss
 from ofg_lib.optimizer import refine
-from ofg_lib.paths import resolve
+from ofg_lib.files import resolve
 from ofg_lib.viz import plot_landscape, plot_slices_1d, plot_step_map
 
 dev = ofg_lib.device(device)

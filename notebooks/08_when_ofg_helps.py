@@ -50,8 +50,8 @@ from IPython.display import Markdown, display
 
 from ofg_lib import config, study, sweep, viz
 from ofg_lib.data import Embedded, from_config
-from ofg_lib.data.embedded import sharpness
-from ofg_lib.paths import resolve
+from ofg_lib.data.embedded import edge_strength
+from ofg_lib.files import resolve
 
 # one run's config: the parameters above that are TrainConfig keys (model, img_size, lr, epochs, ...), in one call
 base = config.from_namespace(globals())
@@ -111,19 +111,20 @@ viz.show_cohorts(examples)
 plt.show()
 
 # %% [markdown]
-# **Sharpness.** A subject is the atlas resampled through its deformation, and linear interpolation blurs: with
+# **Blur.** A subject is the atlas resampled through its deformation, and linear interpolation blurs: with
 # `supersample=1` (today's cohort) every fixed image is a little blurrier than the moving atlas, a cue real pairs
 # do not have. `supersample=k` makes the subject on a k-times finer grid and area-downsamples it, and the atlas
-# goes through the same downsampling, so the two are equally sharp. The ratio below is the mean gradient
-# magnitude in the brain of a subject (without bias field and noise) over the atlas's: 1 is equally sharp.
+# goes through the same downsampling, so the two are equally sharp. The ratio below is the edge strength
+# (`edge_strength`: the mean gradient magnitude in the brain) of a subject (without bias field and noise) over
+# the atlas's: 1 is equally sharp. (Not the sharpness of notebook 07, a Hessian eigenvalue of a loss.)
 
 # %%
 for k in (1, 2, 3):
     ds = Embedded("val", gallery_size, n=4, cache=False, supersample=k)
     atlas, seg = ds.atlas()
-    ratio = np.mean([sharpness(s["image"], s["seg"] > 0) / sharpness(atlas, seg > 0)
+    ratio = np.mean([edge_strength(s["image"], s["seg"] > 0) / edge_strength(atlas, seg > 0)
                      for s in (ds.subject(i, clean=True) for i in range(4))])
-    print(f"supersample={k}: subject / atlas sharpness {ratio:.3f}")
+    print(f"supersample={k}: subject / atlas edge strength {ratio:.3f}")
 
 # %% [markdown]
 # ## 3. Run the study

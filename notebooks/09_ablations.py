@@ -56,17 +56,16 @@ import matplotlib.pyplot as plt
 import numpy as np
 from IPython.display import Markdown, display
 
-from ofg_lib import study, viz
-from ofg_lib.sweep import train_history
+from ofg_lib import config, study, viz
 from ofg_lib.evaluate import score_run
-from ofg_lib.paths import load_checkpoint, resolve
-from ofg_lib.sweep import measure_step, run_curves, sweep, table_markdown
+from ofg_lib.files import load_checkpoint, resolve
+from ofg_lib.sweep import measure_step, run_curves, sweep, table_markdown, train_history
 
 out = resolve(run_dir) / "runs"
-base = {"model": model, "img_size": img_size, "lr": lr, "epochs": epochs, "steps_per_epoch": steps_per_epoch,
-        "val_pairs": val_pairs, "threads": threads, "progress": False, "teacher_steps": teacher_steps,
-        "lr_schedule": lr_schedule, "inner_lr_schedule": inner_lr_schedule, **study.setting_config(setting, img_size),
-        **({"plateau_tol": plateau_tol, "plateau_min_steps": plateau_min_steps} if plateau_tol is not None else {})}
+# one run's config from the parameter cell; the parameters named like a key but holding a sweep's values are
+# the axes below, not part of the reference run
+AXES = ("ofg_every", "ofg_prob", "alpha", "warmup_epochs", "network_passes", "inner_downsample")
+base = config.from_namespace(globals(), exclude=AXES, progress=False, **study.setting_config(setting, img_size))
 run = dict(seeds=seeds, out=out, last_k=last_k, log=lambda *a: None,   # every sweep: OFG (base) is the reference
            test_pairs=test_pairs)
 # The score every table and verdict uses: the best-validation checkpoint on the test split when `test_pairs` is

@@ -1,6 +1,6 @@
 """Classical registration in our convention: SyN, elastix, NiftyReg and our own optimizer run to convergence.
 
-`register(method, moving, fixed, **options)` returns the displacement in the project's convention (voxels,
+`register_classical(method, moving, fixed, **options)` returns the displacement in the project's convention (voxels,
 (B, n_dims, *spatial), `warp(moving, disp)` is the result; `ofg_lib.transform`), so every metric and figure treats
 a classical method like a network. `Baseline(method)` wraps it as a "model" that takes the network's input
 (B, 2, *spatial) and keeps the seconds of each call, so `evaluate(Baseline("syn"), dataset, time_repeats=0)` scores
@@ -45,7 +45,7 @@ from . import _checks
 from .optimizer import refine
 from .transform import warp
 
-__all__ = ["METHODS", "available", "register", "Baseline", "SYN", "INSTANCE", "NIFTYREG", "QUICK"]
+__all__ = ["METHODS", "available", "register_classical", "Baseline", "SYN", "INSTANCE", "NIFTYREG", "QUICK"]
 
 METHODS = ("syn", "elastix", "niftyreg", "instance")
 SYN = {"syn_metric": "meansquares", "reg_iterations": (160, 80, 40)}
@@ -88,7 +88,7 @@ def _volumes(moving, fixed):
                          "single-channel (B, 1, *spatial) shape")
 
 
-def register(method: str, moving: torch.Tensor, fixed: torch.Tensor, threads: int | None = None,
+def register_classical(method: str, moving: torch.Tensor, fixed: torch.Tensor, threads: int | None = None,
              labels: torch.Tensor | None = None, **options):
     """The displacement (B, n_dims, *spatial), voxels, that aligns `moving` to `fixed` by a classical method.
 
@@ -261,7 +261,7 @@ class Baseline(torch.nn.Module):
             raise ValueError(f"a Baseline takes cat([moving, fixed], 1), shape (B, 2, *spatial); got {tuple(x.shape)}")
         start = time.perf_counter()
         with torch.enable_grad() if self.method == "instance" else torch.no_grad():
-            disp = register(self.method, x[:, :1], x[:, 1:], self.threads, **self.options)
+            disp = register_classical(self.method, x[:, :1], x[:, 1:], self.threads, **self.options)
         self.seconds.append(time.perf_counter() - start)
         if self.first is None:
             self.first = disp.detach().cpu()

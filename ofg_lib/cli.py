@@ -36,7 +36,7 @@ def main(argv=None):
     except (ValueError, FileNotFoundError) as e:
         p.error(str(e))
     try:
-        summary = Trainer(cfg, args.out, overwrite=args.overwrite).fit(resume=args.resume)
+        summary = Trainer.from_config(cfg, args.out, overwrite=args.overwrite).fit(resume=args.resume)
     except KeyboardInterrupt:
         print(f"\nstopped; {args.out}/checkpoint.pt holds the last finished epoch (if any): continue with "
               f"--resume", file=sys.stderr)

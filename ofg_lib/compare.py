@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .config import load_config
 from .evaluate import load_run
-from .paths import atomic_write, write_json
+from .files import atomic_write, write_json
 from .sweep import equal_time_epochs, mean_curve, step_seconds, sweep, table_markdown, train_history  # noqa: F401
 
 METRICS = ("val_dice", "fold_fraction", "fold_fraction_brain", "epe", "sdlogj")
@@ -73,7 +73,7 @@ def load_runs(run_dir, seed: int = 0, strategies=("unsupervised", "ofg"), device
     (`run_notebook_05`), so a student who opens 06 or 07 first gets in. Another `run_dir` (a profile's folder,
     whose runs have that profile's sizes) is never filled with default-sized runs: the error says to run 05.
     """
-    from .paths import resolve
+    from .files import resolve
     folders = {s: Path(run_dir) / "compare" / f"{s}-seed{seed}" for s in strategies}
     missing = [str(f) for f in folders.values() if not (f / "checkpoint.pt").exists()]
     if missing and make and Path(run_dir).resolve() == resolve(NOTEBOOK_05_RUN_DIR).resolve():
@@ -101,7 +101,7 @@ def run_notebook_05(run_dir, seed: int = 0, log=print, parameters: dict | None =
     import jupytext
     import papermill as pm
 
-    from .paths import REPO
+    from .files import REPO
     run_dir = Path(run_dir)
     src = REPO / "notebooks" / "05_ofg_training.py"
     if not src.is_file():

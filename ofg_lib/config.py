@@ -18,12 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import data as datasets
-from . import models
+from . import guidance, models, optimizer, strategies
 from .metrics import ABSENT
-from .optimizer import OPTIMIZERS
-from .strategies import STRATEGIES
+from .guidance import DESIGNS  # noqa: F401 (re-exported)
 
-__all__ = ["TrainConfig", "load_config", "config_differences", "from_namespace", "DESIGNS", "RUNTIME", "RESUMABLE",
+__all__ = ["TrainConfig", "load_config", "config_differences", "check_resume", "from_namespace", "DESIGNS", "RUNTIME", "RESUMABLE",
            "CLI_FLAGS", "RENAMED"]
 
 
@@ -109,11 +108,6 @@ class TrainConfig:
 # `schedule_epochs`, the remaining epochs then follow the new length, so an extended run equals no fresh run:
 # set schedule_epochs to extend along one schedule. The runners (`exact=True`) accept differences in RUNTIME only:
 # keys that change how fast a run goes or what it prints, not what it computes.
-# "optimizer-network" is the paper's network-based optimizer (a persistent network of its own, trained on the
-# optimizer's energy over the whole training split before each epoch); "network" is this project's earlier,
-# cheaper stand-in (a per-epoch copy of the main model trained on this epoch's pairs: its labels lag by
-# construction), kept so the committed ablation tables still name what they ran.
-DESIGNS = ("instance", "downsample", "optimizer-network", "network")
 RUNTIME = ("progress", "threads", "num_workers", "device")
 RESUMABLE = ("epochs", "val_every", *RUNTIME)
 CLI_FLAGS = ("out", "resume", "overwrite")       # arguments of run() and the CLI, not config keys
@@ -162,57 +156,27 @@ def _typed(name: str, kind: str, value):
 
 
 def _validate(cfg: TrainConfig) -> None:
+    """The loop's keys here; each owner checks its own (data, models, strategies, optimizer, guidance)."""
     def need(ok, key, what):
         if not ok:
             raise ValueError(f"{key} must be {what}, got {getattr(cfg, key)!r}")
 
-    need(cfg.strategy in STRATEGIES, "strategy", f"one of {', '.join(STRATEGIES)}")
     need(re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", cfg.device) is not None, "device",
          "auto, cpu, cuda or cuda:N (mps on a Mac)")
     need(cfg.model in models.names(), "model", f"one of {', '.join(models.names())}")
-    need(cfg.dataset in datasets.DATASETS, "dataset", f"one of {', '.join(datasets.DATASETS)}")
+    for owner in (strategies, datasets, optimizer, guidance):
+        owner.check_config(cfg, need)
     for key in ("lr_schedule", "inner_lr_schedule"):
         need(getattr(cfg, key) in ("poly", "constant"), key, "'poly' or 'constant'")
-    need(cfg.inner_optimizer in OPTIMIZERS, "inner_optimizer", f"one of {', '.join(OPTIMIZERS)}")
-    need(cfg.optimizer_design in DESIGNS, "optimizer_design", f"one of {', '.join(DESIGNS)}")
-    need(cfg.optimizer_design == "instance" or cfg.strategy == "ofg", "strategy",
-         "'ofg' when optimizer_design is not 'instance' (the designs are OFG's pseudo-label makers)")
-    need(1 <= cfg.inner_downsample <= 8, "inner_downsample", "an integer from 1 to 8")
-    need(cfg.network_passes >= 1, "network_passes", "at least 1")
-    need(cfg.ofg_every >= 1, "ofg_every", "at least 1")
-    need(0 <= cfg.ofg_prob <= 1, "ofg_prob", "in [0, 1]")
-    need((cfg.ofg_every == 1 and cfg.ofg_prob == 1) or cfg.strategy == "ofg", "strategy",
-         "'ofg' when ofg_every or ofg_prob schedule the guidance")
-    need(cfg.warmup_strategy in (None, *STRATEGIES), "warmup_strategy", f"null or one of {', '.join(STRATEGIES)}")
-    need(cfg.warmup_epochs >= 0 and (cfg.warmup_epochs == 0 or cfg.warmup_strategy), "warmup_epochs",
-         "0, or at least 1 with a warmup_strategy")
-    need(cfg.augment in (None, *datasets.AUGMENTS), "augment", f"one of {', '.join(datasets.AUGMENTS)} (or null)")
     need(cfg.dice_absent in ABSENT, "dice_absent", f"one of {', '.join(ABSENT)}")
-    need(cfg.subset in (None, "ofg"), "subset", "null or 'ofg'")
-    need(cfg.subset is None or cfg.dataset in ("ixi", "oasis"), "subset", "null for this dataset (only ixi and "
-         "oasis have the OFG code's sample)")
-    need(len(cfg.img_size) in (2, 3) and min(cfg.img_size) >= 1, "img_size",
-         "three positive sides, e.g. [80, 96, 112], or two for the 2-D track, e.g. [160, 192]")
-    need(cfg.embedded_pairs in datasets.PAIRS, "embedded_pairs", f"one of {', '.join(datasets.PAIRS)}")
-    need(0 <= cfg.embedded_rms_jitter < 1, "embedded_rms_jitter", "in [0, 1)")
-    need(1 <= cfg.embedded_supersample <= 4, "embedded_supersample", "an integer from 1 to 4")
-    for key in ("embedded_contrast", "embedded_fine_rms"):
-        need(math.isfinite(getattr(cfg, key)) and getattr(cfg, key) >= 0, key, "a finite number >= 0")
     need(cfg.plateau_tol is None or math.isfinite(cfg.plateau_tol), "plateau_tol", "null or a finite number")
     for key in ("epochs", "steps_per_epoch", "batch_size", "val_pairs", "val_every"):
         need(getattr(cfg, key) >= 1, key, "at least 1")
-    for key in ("inner_steps", "teacher_steps", "threads", "num_workers", "seed", "data_seed", "plateau_min_steps"):
+    for key in ("threads", "num_workers", "seed", "data_seed", "plateau_min_steps"):
         need(getattr(cfg, key) >= 0, key, "at least 0")
     need(cfg.schedule_epochs is None or cfg.schedule_epochs >= cfg.epochs, "schedule_epochs",
          f"null or at least epochs ({cfg.epochs}): a run stops on its schedule, never past its end")
     need(math.isfinite(cfg.lr) and cfg.lr > 0, "lr", "a finite number > 0")
-    for key in ("inner_lr", "ofg_reg", "unsup_reg", "inner_reg", "alpha", "beta"):
-        need(math.isfinite(getattr(cfg, key)) and getattr(cfg, key) >= 0, key, "a finite number >= 0")
-    need(cfg.embedded_rms is None or (math.isfinite(cfg.embedded_rms) and cfg.embedded_rms >= 0), "embedded_rms",
-         "null or a finite number >= 0")
-    for key in ("strategy", "warmup_strategy"):
-        if getattr(cfg, key) in ("self-training", "optimized-self-training") and not cfg.teacher:
-            raise ValueError(f"{key} {getattr(cfg, key)!r} needs teacher: the checkpoint of a trained model")
 
 
 def load_config(config=None, overrides=None) -> TrainConfig:
@@ -305,12 +269,33 @@ def config_differences(stored: dict, cfg: TrainConfig, ignore=RESUMABLE) -> list
             if stored.get(k, "(absent)") != want.get(k, "(absent)")]
 
 
-def from_namespace(namespace: dict, **values) -> dict:
+def check_resume(stored: dict, epochs_done: int, cfg: TrainConfig, path, exact: bool = False) -> None:
+    """Refuse to continue the run of checkpoint `path` (its `stored` config, `epochs_done` epochs) under `cfg`
+    when the configs differ outside RESUMABLE (outside RUNTIME with `exact`, the runners' rule) or when `cfg`
+    asks for fewer epochs than done."""
+    diff = config_differences(stored, cfg, RUNTIME if exact else RESUMABLE)
+    if diff and exact:
+        raise ValueError(f"{Path(path).parent} holds a run of another config, so it cannot be reused for this "
+                         f"one (a runner reuses only identical runs, epochs included). Differences (stored -> "
+                         f"requested): {'; '.join(diff)}. Delete the folder, or use another output folder.")
+    if diff:
+        raise ValueError(f"{path} was trained with another config; resuming would mix two runs. Differences "
+                         f"(stored -> requested): {'; '.join(diff)}. Keys that may change on resume: "
+                         f"{', '.join(RESUMABLE)}. Use another --out, or --overwrite to start again.")
+    if epochs_done > cfg.epochs:
+        raise ValueError(f"{path} has trained {epochs_done} epochs; resuming with epochs={cfg.epochs} "
+                         f"would leave a run whose config, checkpoint and summary disagree. Ask for at least "
+                         f"{epochs_done} epochs, or train a new run (another --out, or --overwrite).")
+
+
+def from_namespace(namespace: dict, exclude=(), **values) -> dict:
     """The config keys a notebook's parameter cell defines: {key: namespace[key]} for every TrainConfig key
-    found in `namespace` (e.g. `globals()`), then `values` (conversions such as `data_root=data_root or None`).
+    found in `namespace` (e.g. `globals()`) and not in `exclude`, then `values` (conversions such as
+    `data_root=data_root or None`).
 
     Parameter cells name their variables as the config keys, so a notebook builds its config in one call
     instead of re-typing each key; other names in the namespace (seeds, run_dir, imported modules) are ignored.
+    `exclude` names the parameters that share a key's name but hold something else (a sweep's list of values).
     """
-    keys = [f.name for f in dataclasses.fields(TrainConfig)]
+    keys = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in exclude]
     return {**{k: namespace[k] for k in keys if k in namespace}, **values}

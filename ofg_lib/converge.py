@@ -29,7 +29,7 @@ import numpy as np
 from .sweep import table_markdown, train_history
 from .evaluate import score_run
 from .config import RUNTIME, TrainConfig, config_differences, load_config
-from .paths import atomic_write, load_checkpoint, resolve, write_json
+from .files import atomic_write, load_checkpoint, resolve, write_json
 from .runs import RunFolder
 from .stats import last_k_mean, paired
 

@@ -14,7 +14,7 @@ import torch
 from . import _checks, models
 from .losses import grad_l2, lncc
 from .metrics import count_folds, dice, epe, fold_fraction, jacobian_det, sdlogj, time_ms
-from .paths import load_checkpoint
+from .files import load_checkpoint
 from .progress import progress_bar
 from .runs import RunFolder, trained_size
 from .transform import warp
@@ -162,7 +162,7 @@ def score_run(run_dir, split: str = "test", n: int | None = None, which: str = "
     import json
 
     from .data import from_config
-    from .paths import write_json
+    from .files import write_json
     run_dir = Path(run_dir)
     _checks.one_of("which", which, CHECKPOINTS)
     state = load_checkpoint(RunFolder(run_dir).checkpoint(which), f"{which} checkpoint")

@@ -63,7 +63,7 @@ class CosineLogger:
         self.rows = json.loads(self.path.read_text()) if self.path and self.path.exists() else []
 
     def __call__(self, trainer, row):
-        from .paths import write_json
+        from .files import write_json
         cfg, cos, cos_data = trainer.cfg, [], []
         for p in self.pairs:
             g = network_gradients(trainer.model, p, cfg.inner_steps, trainer.inner_lr, cfg.inner_reg, cfg.ofg_reg,

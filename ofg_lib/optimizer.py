@@ -26,6 +26,14 @@ __all__ = ["refine", "refine_with_history", "Refined", "OPTIMIZERS", "cpu_kernel
 
 OPTIMIZERS = ("adam", "sgd")
 
+
+def check_config(cfg, need) -> None:
+    """The instance optimizer's keys of a config (`need(ok, key, what)` raises `key must be what, got ...`)."""
+    need(cfg.inner_optimizer in OPTIMIZERS, "inner_optimizer", f"one of {', '.join(OPTIMIZERS)}")
+    need(cfg.inner_steps >= 0, "inner_steps", "at least 0")
+    for key in ("inner_lr", "inner_reg"):
+        need(math.isfinite(getattr(cfg, key)) and getattr(cfg, key) >= 0, key, "a finite number >= 0")
+
 # The CPU kernels of `_refine_cpu` (issue 21): on by default where numba imports; OFG_CPU_KERNELS=0 or
 # `set_cpu_kernels(False)` keeps PyTorch's path (the baseline of benchmarks/bench_cpu.py). CUDA never uses them.
 _CPU_KERNELS = os.environ.get("OFG_CPU_KERNELS", "1") != "0"

@@ -4,7 +4,7 @@
     python -m ofg_lib.register --method syn|elastix|niftyreg|instance --moving m.nii.gz --fixed f.nii.gz --out DIR
 
 Writes `warped.nii.gz`, `warped_seg.nii.gz` (with `--moving-seg`), `disp_vox.nii.gz` and `disp_mm.nii.gz` (the
-conventions: `ofg_lib.io`) with the fixed image's affine, and `register.json` (inputs, method, seconds, every file
+conventions: `ofg_lib.nifti`) with the fixed image's affine, and `register.json` (inputs, method, seconds, every file
 written, and the Dice against `--fixed-seg` when `--moving-seg` is given too). The two images must share shape
 and affine; for a trained run the shape must be the one it was trained at. Runs of the 2-D track cannot register
 NIfTI volumes (they were trained on single slices).
@@ -27,9 +27,9 @@ from . import device as resolve_device
 from . import models, synchronize
 from .baselines import METHODS, Baseline
 from .evaluate import load_run
-from .io import read_pair, write_outputs
+from .nifti import read_pair, write_outputs
 from .metrics import dice, fold_fraction
-from .paths import load_checkpoint, write_json
+from .files import load_checkpoint, write_json
 from .runs import FolderBusyError, RunFolder, claim, trained_size
 from .transform import warp
 

@@ -19,7 +19,7 @@ import numpy as np
 from .baselines import Baseline, available
 from .compare import load_runs
 from .evaluate import evaluate
-from .paths import atomic_write
+from .files import atomic_write
 
 __all__ = ["PAPER_IXI", "classical_row", "network_row", "markdown", "write_report", "COLUMNS"]
 

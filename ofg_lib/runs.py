@@ -37,6 +37,12 @@ LOCK_NAME = ".lock"
 RUN_FILES = ("checkpoint.pt", "best.pt", "config.json", "log.csv", "summary.json")
 
 
+def nothing_to_resume(out) -> None:
+    """Raise the error of `--resume` without a run to resume (`out` None: no run folder was given)."""
+    where = f"{out} holds no run (no checkpoint.pt)" if out is not None else "no run folder given"
+    raise FileNotFoundError(f"nothing to resume: {where}. Leave out --resume (resume) to start a new run")
+
+
 class RunFolder:
     """The files of one training run in `path`: checkpoint.pt (the last finished epoch), best.pt (the best
     validation), config.json, log.csv (one row per epoch), summary.json, and the score caches of
@@ -57,10 +63,24 @@ class RunFolder:
     def score_cache(self, which: str, split: str, n) -> Path:
         return self.path / f"score-{which}-{split}-{n if n is not None else 'all'}.json"
 
+    def continues(self, resume, overwrite: bool) -> bool:
+        """Whether training here continues the folder's run: with `resume` (True or "auto") when it holds one.
+
+        Refuses `resume=True` on a folder without a run (FileNotFoundError) and a folder holding a run without
+        `resume` or `overwrite` (FileExistsError), saying what to do instead.
+        """
+        if resume is True and not self.holds_run():
+            nothing_to_resume(self.path)
+        if self.holds_run() and not resume and not overwrite:
+            raise FileExistsError(f"{self.path} already holds a run (checkpoint.pt): pass --resume (resume=True) "
+                                  f"to continue it, or --overwrite (overwrite=True) to replace it, or choose another "
+                                  f"--out")
+        return bool(resume) and self.holds_run()
+
     def start(self, config: dict, overwrite: bool = False) -> None:
         """Before a run's first file: the folder made, half-written files of a killed run removed, with
         `overwrite` the old run's RUN_FILES and score caches deleted; then config.json written."""
-        from .paths import remove_partials, write_json
+        from .files import remove_partials, write_json
         self.path.mkdir(parents=True, exist_ok=True)
         remove_partials(self.path)
         if overwrite:
@@ -71,7 +91,7 @@ class RunFolder:
         write_json(self.path / "config.json", config)
 
     def save(self, state: dict, name: str = "checkpoint.pt") -> None:
-        from .paths import atomic_save
+        from .files import atomic_save
         atomic_save(state, self.path / name)
 
     def write_log(self, history: list) -> None:
@@ -79,7 +99,7 @@ class RunFolder:
         import csv
         import io
 
-        from .paths import atomic_write
+        from .files import atomic_write
         keys = list(dict.fromkeys(k for row in history for k in row))
         buf = io.StringIO()
         w = csv.DictWriter(buf, fieldnames=keys)
@@ -88,7 +108,7 @@ class RunFolder:
         atomic_write(self.path / "log.csv", buf.getvalue())
 
     def write_summary(self, summary: dict) -> None:
-        from .paths import write_json
+        from .files import write_json
         write_json(self.path / "summary.json", summary)
 
 

@@ -6,13 +6,19 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["poly", "plateaued", "PLATEAU_WINDOW"]
+__all__ = ["poly", "learning_rates", "plateaued", "PLATEAU_WINDOW"]
 
 
 def poly(base: float, epoch: int, epochs: int) -> float:
     """The published poly decay: base x (1 - epoch / epochs)^0.9 (rounded to 8 decimals, as the logs show it);
     `epochs` is the schedule's horizon (`TrainConfig.horizon`: `schedule_epochs`, else `epochs`)."""
     return round(base * (1 - epoch / epochs) ** 0.9, 8)
+
+
+def learning_rates(cfg, epoch: int) -> tuple[float, float]:
+    """The network's and the instance optimizer's lr for an epoch: `poly` or constant, as the config says."""
+    return tuple(poly(base, epoch, cfg.horizon) if kind == "poly" else base
+                 for base, kind in ((cfg.lr, cfg.lr_schedule), (cfg.inner_lr, cfg.inner_lr_schedule)))
 
 
 PLATEAU_WINDOW = 5     # validations in the moving average of the plateau rule

@@ -14,6 +14,7 @@ The weights, each named for the loss it belongs to:
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -24,7 +25,7 @@ from . import models
 from .losses import grad_l2, lncc, ofg_loss, unsupervised_loss
 from .transform import warp
 
-__all__ = ["Step", "STRATEGIES", "strategy"]
+__all__ = ["Step", "STRATEGIES", "strategy", "check_config"]
 
 STRATEGIES: dict[str, Callable] = {}
 
@@ -41,6 +42,18 @@ class Step:
     refine: Callable                              # refine(phi, moving, fixed, steps, lr) -> (phi_opt, logs)
     teacher: Callable | None = None               # frozen network of the self-training strategies
     cache: dict = field(default_factory=dict)     # kept for the whole run (optimized self-training's targets)
+
+
+def check_config(cfg, need) -> None:
+    """The strategy keys of a config and the weights of their losses (`need(ok, key, what)` raises)."""
+    need(cfg.strategy in STRATEGIES, "strategy", f"one of {', '.join(STRATEGIES)}")
+    need(cfg.warmup_strategy in (None, *STRATEGIES), "warmup_strategy", f"null or one of {', '.join(STRATEGIES)}")
+    for key in ("ofg_reg", "unsup_reg", "alpha", "beta"):
+        need(math.isfinite(getattr(cfg, key)) and getattr(cfg, key) >= 0, key, "a finite number >= 0")
+    need(cfg.teacher_steps >= 0, "teacher_steps", "at least 0")
+    for key in ("strategy", "warmup_strategy"):
+        if getattr(cfg, key) in ("self-training", "optimized-self-training") and not cfg.teacher:
+            raise ValueError(f"{key} {getattr(cfg, key)!r} needs teacher: the checkpoint of a trained model")
 
 
 def strategy(name: str):

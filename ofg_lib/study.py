@@ -36,7 +36,7 @@ from .compare import METRICS
 from .config import from_namespace, load_config
 from .sweep import equal_time_epochs, mean_curve, step_seconds, sweep
 from .sweep import table_markdown as _table
-from .paths import atomic_write, write_json
+from .files import atomic_write, write_json
 
 __all__ = ["SETTINGS", "setting_config", "identity_scores", "make_spec", "spec_from_params", "run_study", "plateau",
            "table_markdown", "curves", "conclusion", "design_markdown", "settings_markdown", "budget_markdown",
@@ -135,10 +135,10 @@ def run_study(spec: dict, out, callbacks=(), log=print) -> dict:
     result = {"spec": spec, "settings": {}, "rows": []}
     hist = {}
 
-    def stage(tag, setting, comparison, ofg=None, unsupervised=None, size=None, seeds_=None, **keys):
+    def stage(tag, setting, comparison, ofg=None, unsupervised=None, img_size=None, seeds_=None, **keys):
         """One sweep: the OFG runs of `tag` (or the run `ofg` names) against unsupervised ones; adds its row."""
-        size = size or base["img_size"]
-        cfg = {**base, **setting_config(setting, size)}
+        img_size = img_size or base["img_size"]
+        cfg = {**base, **setting_config(setting, img_size)}
         point = {"_name": f"{tag}/ofg", "strategy": "ofg", **(ofg or {})}
         ref = {"_name": f"{tag}/unsupervised", "strategy": "unsupervised", **(unsupervised or {})}
         table = sweep(cfg, [point], seeds=seeds_ or seeds, out=out, reference=ref, last_k=last_k,
@@ -200,13 +200,13 @@ def run_study(spec: dict, out, callbacks=(), log=print) -> dict:
         else:
             why = "the largest mean Dice gain in 2-D"
         c3 = dict(c3)
-        size, seeds3 = list(c3.pop("img_size")), list(c3.pop("seeds", seeds))
-        extra3 = {**c3, "img_size": size}
-        result["confirm_3d"] = {"setting": best, "why": why, "img_size": size, "seeds": seeds3,
-                                "identity": identity_scores({**base, **c3, "img_size": size,
-                                                             **setting_config(best, size)})}
-        stage(f"3d-{best}", best, "equal steps, 3-D", ofg=extra3, unsupervised=extra3, size=size, seeds_=seeds3,
-              epochs=int(c3.get("epochs", epochs)))
+        img_size3, seeds3 = list(c3.pop("img_size")), list(c3.pop("seeds", seeds))
+        extra3 = {**c3, "img_size": img_size3}
+        result["confirm_3d"] = {"setting": best, "why": why, "img_size": img_size3, "seeds": seeds3,
+                                "identity": identity_scores({**base, **c3, "img_size": img_size3,
+                                                             **setting_config(best, img_size3)})}
+        stage(f"3d-{best}", best, "equal steps, 3-D", ofg=extra3, unsupervised=extra3, img_size=img_size3,
+              seeds_=seeds3, epochs=int(c3.get("epochs", epochs)))
     result["histories"] = {f"{name}/{seed}": [{k: r.get(k) for k in ("step", "epoch", "val_dice", "epe")}
                                               for r in h_ if "val_dice" in r]
                            for (name, seed), h_ in hist.items()}

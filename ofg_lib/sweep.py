@@ -27,7 +27,7 @@ import numpy as np
 
 from .evaluate import score_run
 from .stats import last_k_mean, paired
-from .paths import atomic_write, load_checkpoint, write_json
+from .files import atomic_write, load_checkpoint, write_json
 
 __all__ = ["points", "folder_name", "sweep", "train_history", "mean_curve", "step_seconds", "equal_time_epochs",
            "run_curves", "measure_step", "SWEEP_METRICS", "TEST_METRICS", "CLAIMS", "verdict_metric",
@@ -264,8 +264,8 @@ def measure_step(cfg: dict, steps: int = 3, timeout: int = 900) -> dict:
     `peak_memory_mb`, and `training_extra_mb`: the peak during training above the peak once the model and data
     were ready (on a CPU the process's baseline, imports and data, dominates the peak at small sizes).
     """
-    code = ("import json, sys\nfrom ofg_lib import peak_memory_mb\nfrom ofg_lib.train import Trainer, load_config\n"
-            "t = Trainer(load_config(json.loads(sys.argv[1])))\nready = peak_memory_mb(t.device)\nt.fit()\n"
+    code = ("import json, sys\nfrom ofg_lib import peak_memory_mb\nfrom ofg_lib.train import Trainer\n"
+            "t = Trainer.from_config(json.loads(sys.argv[1]))\nready = peak_memory_mb(t.device)\nt.fit()\n"
             "h = t.history[-1]\nout = {k: h[k] for k in ('sec_per_step_network', 'sec_per_step_inner', 'peak_memory_mb')}\n"
             "out['training_extra_mb'] = h['peak_memory_mb'] - ready\nprint(json.dumps(out))")
     cfg = {**cfg, "epochs": 1, "steps_per_epoch": steps, "val_pairs": 1, "progress": False}

@@ -98,7 +98,7 @@ def runs_markdown(rows) -> str:
 def main(argv=None) -> int:
     import yaml
 
-    from ofg_lib.paths import atomic_write, write_json
+    from ofg_lib.files import atomic_write, write_json
     from ofg_lib.sweep import folder_verdicts, verdicts_markdown
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--profile", required=True)

@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ofg_lib.paths import atomic_write, write_json  # noqa: E402
+from ofg_lib.files import atomic_write, write_json  # noqa: E402
 from ofg_lib.stats import interval  # noqa: E402
 from ofg_lib.study import report_markdown  # noqa: E402
 

@@ -11,13 +11,14 @@ import torch
 
 from conftest import smooth_disp, smooth_volume
 from ofg_lib import models
+from ofg_lib.config import config_differences
 from ofg_lib.data import Embedded, from_config, mni_template, mni_tissues
-from ofg_lib.data.embedded import sharpness
+from ofg_lib.data.embedded import edge_strength
 from ofg_lib.data.synthetic import random_deformation, smooth_field, subject_generator, tissue_contrast
 from ofg_lib.losses import grad_l2, lncc
 from ofg_lib.metrics import dice, epe, fold_fraction, jacobian_det, sdlogj
 from ofg_lib.optimizer import refine_with_history
-from ofg_lib.train import TrainConfig, config_differences, load_config, run
+from ofg_lib.train import TrainConfig, load_config, run
 from ofg_lib.transform import compose, warp
 
 SIZE2 = (48, 56)
@@ -205,7 +206,7 @@ def test_supersampling_makes_moving_and_fixed_equally_sharp():
     for k in (1, 2):
         ds = Embedded("val", (64, 80), n=3, cache=False, supersample=k)
         atlas, seg = ds.atlas()
-        ratios[k] = np.mean([sharpness(s["image"], s["seg"] > 0) / sharpness(atlas, seg > 0)
+        ratios[k] = np.mean([edge_strength(s["image"], s["seg"] > 0) / edge_strength(atlas, seg > 0)
                              for s in (ds.subject(i, clean=True) for i in range(3))])
     assert ratios[1] < 0.97 and abs(1 - ratios[2]) < abs(1 - ratios[1])
 
@@ -215,11 +216,11 @@ def test_supersampling_makes_moving_and_fixed_equally_sharp():
     ({"contrast": -1}, "contrast must be"),
     ({"rms_jitter": 1.0}, "rms_jitter must be"),
     ({"supersample": 0}, "supersample must be"),
-    ({"size": (32,)}, "three sides"),
+    ({"img_size": (32,)}, "three sides"),
 ])
 def test_cohort_options_are_checked(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        Embedded(**{"split": "val", "size": SIZE2, "cache": False, **kwargs})
+        Embedded(**{"split": "val", "img_size": SIZE2, "cache": False, **kwargs})
 
 
 # ---------------------------------------------------------------- configs and training
@@ -227,7 +228,7 @@ def test_configs_select_the_2d_track_and_the_options():
     cfg = load_config({"img_size": [32, 48], "embedded_pairs": "subject", "embedded_contrast": "0.3",
                        "embedded_supersample": 2, "model": "voxelmorph-1-tiny"})
     ds = from_config(cfg, "val")
-    assert ds.size == (32, 48) and ds.pairs == "subject" and ds.contrast == 0.3 and ds.supersample == 2
+    assert ds.img_size == (32, 48) and ds.pairs == "subject" and ds.contrast == 0.3 and ds.supersample == 2
     for bad, message in (({"embedded_pairs": "x"}, "embedded_pairs"), ({"embedded_rms_jitter": 1.5}, "jitter"),
                          ({"img_size": [32]}, "img_size")):
         with pytest.raises(ValueError, match=message):

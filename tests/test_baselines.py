@@ -5,7 +5,7 @@ import torch
 from scipy import ndimage
 
 from ofg_lib import baselines
-from ofg_lib.baselines import Baseline, available, register
+from ofg_lib.baselines import Baseline, available, register_classical
 from ofg_lib.data import Embedded
 from ofg_lib.evaluate import evaluate
 from ofg_lib.losses import lncc
@@ -44,7 +44,7 @@ def test_toolkit_transform_read_in_our_convention(method, dims, pairs, tmp_path,
     _skip_unavailable(method)
     monkeypatch.chdir(tmp_path)
     p = _batch(pairs[dims])
-    disp, theirs = register(method, p["moving"], p["fixed"], threads=1, labels=p["moving_seg"], **FAST[method])
+    disp, theirs = register_classical(method, p["moving"], p["fixed"], threads=1, labels=p["moving_seg"], **FAST[method])
     assert disp.shape == (1, dims, *p["moving"].shape[2:]) and disp.dtype == torch.float32
     ours = warp(p["moving_seg"], disp, mode="nearest")
     labelled = (ours > 0) | (theirs > 0)
@@ -65,19 +65,19 @@ def test_known_translation_has_the_right_axes_and_sign(method):
     fixed = smooth_volume((40, 44, 48), seed=3, coarse=6, noise=0.0, dtype=torch.float32)
     t = (2.0, -1.5, 1.0)
     moving = torch.from_numpy(ndimage.shift(fixed[0, 0].numpy(), t, order=3, mode="nearest"))[None, None]
-    disp = register(method, moving, fixed, threads=1, **FAST[method])
+    disp = register_classical(method, moving, fixed, threads=1, **FAST[method])
     inner = disp[0, :, 10:-10, 10:-10, 10:-10].reshape(3, -1).median(dim=1).values
     np.testing.assert_allclose(inner.numpy(), t, atol=0.35, err_msg=f"{method}: median displacement {inner}")
 
 
 def test_instance_lowers_the_energy_and_improves_dice(pairs):
     p = _batch(pairs[3])
-    disp, warped_seg = register("instance", p["moving"], p["fixed"], labels=p["moving_seg"], **FAST["instance"])
+    disp, warped_seg = register_classical("instance", p["moving"], p["fixed"], labels=p["moving_seg"], **FAST["instance"])
     assert float(lncc(p["fixed"], warp(p["moving"], disp))) < float(lncc(p["fixed"], p["moving"])) - 0.02
     before = float(dice(p["moving_seg"], p["fixed_seg"], Embedded.labels).mean())
     assert float(dice(warped_seg, p["fixed_seg"], Embedded.labels).mean()) > before + 0.02
     with pytest.raises(ValueError, match="same length"):
-        register("instance", p["moving"], p["fixed"], levels=(2, 1), steps=(10,))
+        register_classical("instance", p["moving"], p["fixed"], levels=(2, 1), steps=(10,))
 
 
 def test_baseline_is_scored_like_a_network(pairs, tmp_path):
@@ -94,18 +94,18 @@ def test_baseline_is_scored_like_a_network(pairs, tmp_path):
 def test_bad_inputs_and_missing_toolkits(monkeypatch, pairs):
     p = _batch(pairs[3])
     with pytest.raises(ValueError, match="method must be one of"):
-        register("demons", p["moving"], p["fixed"])
+        register_classical("demons", p["moving"], p["fixed"])
     with pytest.raises(ValueError, match="same single-channel"):
-        register("instance", p["moving"], p["fixed"][..., :-1])
+        register_classical("instance", p["moving"], p["fixed"][..., :-1])
     bad = p["moving"].clone()
     bad[0, 0, 0, 0, 0] = float("nan")
     with pytest.raises(ValueError, match="non-finite"):
-        register("instance", bad, p["fixed"])
+        register_classical("instance", bad, p["fixed"])
     with pytest.raises(ValueError, match="labels"):
-        register("instance", p["moving"], p["fixed"], labels=p["moving_seg"][..., :-1])
+        register_classical("instance", p["moving"], p["fixed"], labels=p["moving_seg"][..., :-1])
     monkeypatch.setattr(baselines.shutil, "which", lambda name: None)
     assert available("niftyreg").startswith("not installed: reg_f3d, reg_transform, reg_resample")
     with pytest.raises(RuntimeError, match="niftyreg: not installed"):
-        register("niftyreg", p["moving"], p["fixed"])
+        register_classical("niftyreg", p["moving"], p["fixed"])
     with pytest.raises(RuntimeError, match="not installed"):
         Baseline("niftyreg")

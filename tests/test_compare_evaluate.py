@@ -5,7 +5,7 @@ import torch
 from conftest import smooth_disp, smooth_volume
 from ofg_lib import models
 from ofg_lib.compare import METRICS, markdown
-from ofg_lib.paths import load_checkpoint
+from ofg_lib.files import load_checkpoint
 from ofg_lib.stats import last_k_mean
 from ofg_lib.data import Embedded
 from ofg_lib.evaluate import evaluate, field_maps, load_model

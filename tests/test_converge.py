@@ -12,7 +12,7 @@ from ofg_lib import train
 from ofg_lib.converge import crossings, markdown, run_converge, seed_curves
 from ofg_lib.data import from_config
 from ofg_lib.evaluate import evaluate, load_model, score_run
-from ofg_lib.paths import load_checkpoint
+from ofg_lib.files import load_checkpoint
 from ofg_lib.stats import claim_verdict, interval, premise_holds
 from ofg_lib.sweep import CLAIMS, ablation_verdicts, verdicts_markdown
 
@@ -243,23 +243,23 @@ def test_the_readme_blocks_are_the_computed_ones():
 
 # ------------------------------------------------------------------- Table 3: a persistent optimizer network
 def test_the_optimizer_network_is_its_own_persistent_network(tmp_path, monkeypatch):
-    import ofg_lib.losses as losses
+    import ofg_lib.guidance as guidance
     calls = []
-    real = losses.unsupervised_loss
+    real = guidance.unsupervised_loss
 
     def counting(*a, **k):
         calls.append(1)
         return real(*a, **k)
 
-    monkeypatch.setattr(losses, "unsupervised_loss", counting)
+    monkeypatch.setattr(guidance, "unsupervised_loss", counting)      # the energy the optimizer network learns
     cfg = {**TINY_2D, "optimizer_design": "optimizer-network", "epochs": 2, "steps_per_epoch": 2}
-    t = train.Trainer(train.load_config({**cfg, "epochs": 1}))
+    t = train.Trainer.from_config({**cfg, "epochs": 1})
     main0 = [p.detach().clone() for p in t.model.parameters()]
-    helper0 = [p.detach().clone() for p in t.pseudo_net.parameters()]
+    helper0 = [p.detach().clone() for p in t.guide.net.parameters()]
     assert any(not torch.equal(a, b) for a, b in zip(main0, helper0))       # its own initialisation
     t.fit()
     assert len(calls) == len(t.train_set)                                    # one pass over the whole split
-    assert any(not torch.equal(a, b.detach()) for a, b in zip(helper0, t.pseudo_net.parameters()))
+    assert any(not torch.equal(a, b.detach()) for a, b in zip(helper0, t.guide.net.parameters()))
     # persistent and resumable: 1 epoch + resume = 2 epochs straight, for both networks
     train.run(cfg, out=tmp_path / "straight")
     train.run({**cfg, "epochs": 1}, out=tmp_path / "cut")

@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader
 
 import ofg_lib.data.embedded as embedded_mod
-from ofg_lib.data import IXI, LPBA40, OASIS, Embedded, mni_template
+from ofg_lib.data import IXI, LPBA40, OASIS, Embedded, mni_template, mni_tissues, random_smooth_disp
 from ofg_lib.losses import lncc
 from ofg_lib.metrics import fold_fraction
 from ofg_lib.transform import warp
@@ -28,7 +28,7 @@ def cohort_root(tmp_path_factory):
 
 
 def test_embedded_items_have_the_contract(cohort_root):
-    ds = Embedded("val", size=SIZE, root=cohort_root, n=2)
+    ds = Embedded("val", img_size=SIZE, root=cohort_root, n=2)
     item = ds[0]
     assert item["moving"].shape == item["fixed"].shape == (1, *SIZE)
     assert item["disp_true"].shape == (3, *SIZE) and item["disp_true"].dtype == torch.float32
@@ -41,7 +41,7 @@ def test_embedded_items_have_the_contract(cohort_root):
 
 
 def test_embedded_disp_true_warps_moving_onto_fixed(cohort_root):
-    item = Embedded("val", size=SIZE, root=cohort_root, n=2)[1]
+    item = Embedded("val", img_size=SIZE, root=cohort_root, n=2)[1]
     disp = item["disp_true"][None]
     assert torch.equal(warp(item["moving_seg"][None], disp, mode="nearest"), item["fixed_seg"][None])
     before = float(lncc(item["fixed"][None], item["moving"][None], 5))
@@ -52,47 +52,60 @@ def test_embedded_disp_true_warps_moving_onto_fixed(cohort_root):
 
 
 def test_embedded_is_deterministic_and_cached(cohort_root):
-    ds = Embedded("val", size=SIZE, root=cohort_root, n=2)
+    ds = Embedded("val", img_size=SIZE, root=cohort_root, n=2)
     cached = ds[0]
     fresh = ds.generate(0)
     for k in fresh:
         assert torch.equal(cached[k], fresh[k]), k
     assert (ds.folder / "val_000.pt").exists() and (ds.folder / "manifest.json").exists()
-    other_split = Embedded("test", size=SIZE, root=cohort_root, n=1)[0]
+    other_split = Embedded("test", img_size=SIZE, root=cohort_root, n=1)[0]
     assert not torch.equal(other_split["disp_true"], fresh["disp_true"])
-    assert not torch.equal(Embedded("val", size=SIZE, root=cohort_root, seed=1, n=1)[0]["fixed"], fresh["fixed"])
+    assert not torch.equal(Embedded("val", img_size=SIZE, root=cohort_root, seed=1, n=1)[0]["fixed"], fresh["fixed"])
 
 
 def test_a_changed_generator_regenerates_the_cache(tmp_path, monkeypatch):
-    ds = Embedded("val", size=SIZE, root=tmp_path, n=1)
+    ds = Embedded("val", img_size=SIZE, root=tmp_path, n=1)
     ds[0]
     stale = ds.folder / "val_000.pt"
     torch.save({"stale": torch.zeros(1)}, stale)
     monkeypatch.setattr(embedded_mod, "GENERATOR_VERSION", embedded_mod.GENERATOR_VERSION + 1)
-    ds2 = Embedded("val", size=SIZE, root=tmp_path, n=1)
+    ds2 = Embedded("val", img_size=SIZE, root=tmp_path, n=1)
     assert not stale.exists()
     assert "moving" in ds2[0]
 
 
 def test_embedded_works_with_worker_processes(cohort_root):
-    loader = DataLoader(Embedded("val", size=SIZE, root=cohort_root, n=2), batch_size=2, num_workers=2)
+    loader = DataLoader(Embedded("val", img_size=SIZE, root=cohort_root, n=2), batch_size=2, num_workers=2)
     batch = next(iter(loader))
     assert batch["moving"].shape == (2, 1, *SIZE)
 
 
-@pytest.mark.parametrize("kwargs, message", [({"split": "training"}, "split"), ({"size": (8, 8, 8)}, "size"),
+@pytest.mark.parametrize("kwargs, message", [({"split": "training"}, "split"), ({"img_size": (8, 8, 8)}, "img_size"),
                                              ({"n": 500}, "n must be")])
 def test_embedded_bad_input(cohort_root, kwargs, message):
     with pytest.raises(ValueError, match=message):
-        Embedded(**{"split": "val", "size": SIZE, "root": cohort_root, **kwargs})
+        Embedded(**{"split": "val", "img_size": SIZE, "root": cohort_root, **kwargs})
     with pytest.raises(IndexError):
-        Embedded("val", size=SIZE, root=cohort_root, n=2)[2]
+        Embedded("val", img_size=SIZE, root=cohort_root, n=2)[2]
 
 
 def test_template_sizes():
-    for size in [(16, 20, 24), (40, 48, 56)]:
-        image, seg = mni_template(size)
-        assert image.shape == seg.shape == (1, 1, *size)
+    for img_size in [(16, 20, 24), (40, 48, 56)]:
+        image, seg = mni_template(img_size)
+        assert image.shape == seg.shape == (1, 1, *img_size)
+
+
+def test_old_size_keyword_names_img_size():
+    """`size=` was renamed `img_size=` (the config key): an old call fails and says so."""
+    with pytest.raises(TypeError, match="img_size"):
+        Embedded("val", size=(32, 32))
+    for fn in (mni_template, mni_tissues):
+        with pytest.raises(TypeError, match="img_size"):
+            fn(size=(32, 32))
+    with pytest.raises(TypeError, match="img_size"):
+        random_smooth_disp((32, 32), size=(32, 32))
+    with pytest.raises(TypeError, match="unexpected keyword argument 'sizes'"):
+        Embedded("val", sizes=(32, 32))
 
 
 # ---------------------------------------------------------------- IXI

@@ -19,7 +19,7 @@ import yaml
 
 from ofg_lib import train
 from ofg_lib.compare import compare, train_history
-from ofg_lib.paths import load_checkpoint
+from ofg_lib.files import load_checkpoint
 from ofg_lib.register import main as register_main
 from ofg_lib.runs import FolderBusyError, claim
 from ofg_lib.sweep import sweep

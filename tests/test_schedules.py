@@ -18,7 +18,7 @@ def _data(tmp_path_factory, monkeypatch):
 
 
 def fit(**kw):
-    t = Trainer(load_config({**BASE, **kw}))
+    t = Trainer.from_config({**BASE, **kw})
     t.fit()
     return t
 
@@ -81,16 +81,16 @@ def test_downsample_design_trains():
 
 
 def test_network_optimizer_trains_its_own_copy_and_leaves_the_main_model_alone():
-    t = Trainer(load_config({**BASE, "epochs": 1, "optimizer_design": "network", "network_passes": 2}))
+    t = Trainer.from_config({**BASE, "epochs": 1, "optimizer_design": "network", "network_passes": 2})
     before = [p.detach().clone() for p in t.model.parameters()]
-    t.train_optimizer_network(0, lr=1e-3)
+    t.guide.before_epoch(0, 1e-3, t.model, t.train_set, lambda: t.batches(0), t.device)
     assert all(torch.equal(p, q) for p, q in zip(before, t.model.parameters()))
-    assert any(not torch.equal(p, q) for p, q in zip(before, t.pseudo_net.parameters()))
+    assert any(not torch.equal(p, q) for p, q in zip(before, t.guide.net.parameters()))
     item = t.train_set[0]
     m, f = item["moving"][None], item["fixed"][None]
     target, _ = t._refine(torch.zeros(1, 2, 32, 32), m, f, 10, 0.1)
     with torch.no_grad():
-        torch.testing.assert_close(target, t.pseudo_net(torch.cat([m, f], 1)))
+        torch.testing.assert_close(target, t.guide.net(torch.cat([m, f], 1)))
     t.fit()
     assert t.history[0]["guided_share"] == 1.0 and t.history[0]["sec_per_step_inner"] > 0
     assert t.history[0]["peak_memory_mb"] > 0
@@ -124,7 +124,7 @@ def test_scheduled_runs_resume_bit_for_bit(tmp_path, schedule):
             raise Stop
 
     cfg = {**BASE, "epochs": 4, **schedule}
-    whole = Trainer(load_config(cfg), tmp_path / "whole")
+    whole = Trainer.from_config(cfg, tmp_path / "whole")
     whole.fit()
     with pytest.raises(Stop):
         run(cfg, out=tmp_path / "cut", callbacks=[stop])

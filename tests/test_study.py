@@ -6,7 +6,7 @@ import pytest
 
 from ofg_lib import study
 from ofg_lib.data import Embedded
-from ofg_lib.paths import load_checkpoint
+from ofg_lib.files import load_checkpoint
 
 SPEC = {"base": {"model": "voxelmorph-1-tiny", "img_size": [32, 32], "epochs": 2, "steps_per_epoch": 2,
                  "val_pairs": 2, "progress": False, "lr": 1e-3},
@@ -222,7 +222,7 @@ def test_a_first_schema_report_converts_to_the_runners_rows():
     every number follows from the stored ones (spreads rescaled to ddof 1, the interval from the per-seed values)."""
     import importlib.util
 
-    from ofg_lib.paths import REPO
+    from ofg_lib.files import REPO
     from ofg_lib.stats import paired
     spec = importlib.util.spec_from_file_location("migrate", REPO / "scripts" / "migrate_study_report.py")
     migrate = importlib.util.module_from_spec(spec)

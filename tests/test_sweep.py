@@ -3,7 +3,7 @@ import csv
 
 import pytest
 
-from ofg_lib.paths import load_checkpoint
+from ofg_lib.files import load_checkpoint
 from ofg_lib.sweep import folder_name, points, sweep
 
 BASE = {"model": "voxelmorph-1-tiny", "img_size": [32, 32], "epochs": 2, "steps_per_epoch": 2, "val_pairs": 2,

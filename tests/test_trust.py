@@ -4,6 +4,7 @@ import math
 import multiprocessing as mp
 import os
 import random
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -15,7 +16,7 @@ from ofg_lib import train
 from ofg_lib.data import OASIS, Embedded, flip_pair, from_config
 from ofg_lib.evaluate import evaluate, load_model, load_run
 from ofg_lib.metrics import dice, fold_fraction, sdlogj
-from ofg_lib.paths import load_checkpoint, remove_partials, write_json
+from ofg_lib.files import load_checkpoint, remove_partials, write_json
 
 TINY = {"model": "voxelmorph-1-tiny", "img_size": [32, 32, 32], "epochs": 1, "steps_per_epoch": 2,
         "val_pairs": 2, "lr": 1e-3, "inner_steps": 2, "progress": False, "threads": 1}
@@ -232,7 +233,7 @@ def test_a_dataset_with_nothing_to_score_is_refused_at_start(tmp_path, monkeypat
     monkeypatch.setattr(Embedded, "__getitem__", unlabelled)
     with pytest.raises(ValueError, match=r"embedded validation pair val_000 holds no evaluated label: labels found "
                                          r"\[0\], labels evaluated \[1, 2"):
-        train.Trainer(train.load_config(TINY), tmp_path)
+        train.Trainer.from_config(TINY, tmp_path)
 
 
 # ------------------------------------------------------------------------------------- typed configs
@@ -243,7 +244,7 @@ def test_yaml_and_set_values_take_the_declared_type(tmp_path):
     assert cfg.lr == 1e-4 and isinstance(cfg.lr, float) and cfg.inner_lr == 0.1 and cfg.epochs == 3
     cfg = train.load_config({}, ["lr=1e-4", "img_size=[32, 32, 32]", "amp=true"])
     assert cfg.lr == 1e-4 and isinstance(cfg.lr, float) and cfg.img_size == (32, 32, 32) and cfg.amp is True
-    paper = train.load_config(train.Path(__file__).resolve().parents[1] / "configs" / "paper_ixi_ofg.yaml")
+    paper = train.load_config(Path(__file__).resolve().parents[1] / "configs" / "paper_ixi_ofg.yaml")
     assert paper.lr == 1e-4 and isinstance(paper.lr, float)
 
 
@@ -335,7 +336,7 @@ def test_oasis_trains_two_full_updates_per_pair_as_published(tmp_path):
     root = _oasis(tmp_path / "oasis")
     cfg = train.load_config({**TINY, "dataset": "oasis", "data_root": str(root), "val_pairs": 1,
                              "strategy": "unsupervised"})
-    trainer = train.Trainer(cfg, tmp_path / "run")
+    trainer = train.Trainer.from_config(cfg, tmp_path / "run")
     summary = trainer.fit()
     assert trainer.two_way and summary["steps"] == 2 and summary["updates"] == 4
     adam_steps = {int(s["step"]) for s in trainer.opt.state.values()}

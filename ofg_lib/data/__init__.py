@@ -8,6 +8,7 @@ Each has `labels` (the evaluated label values) and `label_names` (same order).
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 
@@ -18,7 +19,8 @@ from .real import IXI, LPBA40, OASIS, ofg_sample
 from .template import LABEL_NAMES, mni_template, mni_tissues, random_smooth_disp
 
 __all__ = ["Embedded", "IXI", "OASIS", "LPBA40", "LABEL_NAMES", "mni_template", "mni_tissues", "random_smooth_disp",
-           "from_config", "flip_pair", "AUGMENTS", "ofg_sample", "collate", "as_batch", "check_scored"]
+           "from_config", "flip_pair", "AUGMENTS", "ofg_sample", "collate", "as_batch", "check_scored", "check_config",
+           "epoch_batches", "augment_batch"]
 
 DATASETS = ("embedded", "ixi", "oasis", "lpba40")
 
@@ -42,6 +44,47 @@ def from_config(cfg, split: str):
     if name == "oasis":
         return OASIS(c.get("data_root"), split, seed=c.get("seed", 0), subset=subset if split == "train" else None)
     return LPBA40(c.get("data_root"), split, normalize=c.get("lpba40_normalize", True))
+
+
+def check_config(cfg, need) -> None:
+    """The data keys of a config (`need(ok, key, what)` raises `key must be what, got ...`)."""
+    need(cfg.dataset in DATASETS, "dataset", f"one of {', '.join(DATASETS)}")
+    need(cfg.augment in (None, *AUGMENTS), "augment", f"one of {', '.join(AUGMENTS)} (or null)")
+    need(cfg.subset in (None, "ofg"), "subset", "null or 'ofg'")
+    need(cfg.subset is None or cfg.dataset in ("ixi", "oasis"), "subset", "null for this dataset (only ixi and "
+         "oasis have the OFG code's sample)")
+    need(len(cfg.img_size) in (2, 3) and min(cfg.img_size) >= 1, "img_size",
+         "three positive sides, e.g. [80, 96, 112], or two for the 2-D track, e.g. [160, 192]")
+    need(cfg.embedded_pairs in PAIRS, "embedded_pairs", f"one of {', '.join(PAIRS)}")
+    need(0 <= cfg.embedded_rms_jitter < 1, "embedded_rms_jitter", "in [0, 1)")
+    need(1 <= cfg.embedded_supersample <= 4, "embedded_supersample", "an integer from 1 to 4")
+    for key in ("embedded_contrast", "embedded_fine_rms"):
+        need(math.isfinite(getattr(cfg, key)) and getattr(cfg, key) >= 0, key, "a finite number >= 0")
+    need(cfg.embedded_rms is None or (math.isfinite(cfg.embedded_rms) and cfg.embedded_rms >= 0), "embedded_rms",
+         "null or a finite number >= 0")
+
+
+def epoch_batches(train_set, cfg, epoch: int, rank: int = 0, world: int = 1):
+    """The training batches of an epoch, in training order: a permutation of the items seeded by (seed,
+    epoch), cycled to `steps_per_epoch * batch_size * world` items, this rank's share, in a DataLoader."""
+    g = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
+    n, bs = len(train_set), cfg.batch_size
+    need = cfg.steps_per_epoch * bs * world
+    order = torch.cat([torch.randperm(n, generator=g) for _ in range(math.ceil(need / n))])[:need].tolist()
+    order = order[rank::world]
+    # its own generator: a DataLoader would otherwise draw its worker seed from the global torch RNG
+    return torch.utils.data.DataLoader(train_set, batch_sampler=[order[i * bs:(i + 1) * bs]
+                                                                 for i in range(cfg.steps_per_epoch)],
+                                       collate_fn=collate, num_workers=cfg.num_workers,
+                                       generator=torch.Generator().manual_seed(cfg.seed + epoch))
+
+
+def augment_batch(batch, g: torch.Generator, mode: str):
+    """`batch` with each pair augmented by `mode` ("none", or "flip": `flip_pair` drawing from `g`)."""
+    if mode == "none":
+        return batch
+    items = [{k: batch[k][b] for k in batch if k != "id"} for b in range(len(batch["id"]))]
+    return collate([{**flip_pair(it, g), "id": key} for it, key in zip(items, batch["id"])])
 
 
 def collate(items):

@@ -7,11 +7,11 @@ reproduces the subject's anatomy, so registration error can be measured against 
 
 Split: 200 train / 20 val / 40 test subjects (the paper's IXI selection used 200 / 20), drawn independently
 from (seed, split, index). Subjects are generated on first use and cached under data/ with a manifest;
-a changed generator version, size, seed or option regenerates the cache.
+a changed generator version, img_size, seed or option regenerates the cache.
 
 Options that make the problem harder (notebooks 01 and 08; all off by default, which is the cohort of every
 earlier result):
-- a 2-D `size` (H, W): the 2-D track, one axial slice of the template (`template.AXIAL_Z_MM`) deformed in-plane;
+- a 2-D `img_size` (H, W): the 2-D track, one axial slice of the template (`template.AXIAL_Z_MM`) deformed in-plane;
 - `pairs="subject"`: subject-to-subject pairs (the OASIS setting); `disp_true` is the composed true map;
 - `contrast`: per-subject tissue intensities (`synthetic.tissue_contrast`);
 - `rms_jitter`, `fine_rms`: a per-subject deformation size and a fine component (multi-scale deformations);
@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from .. import _checks
-from ..paths import atomic_save, atomic_write, data_dir, remove_partials
+from ..files import atomic_save, atomic_write, data_dir, remove_partials
 from ..transform import compose, warp
 from .synthetic import intensity_change, random_deformation, subject_generator, tissue_contrast
 from .template import LABEL_NAMES, mni_template, mni_tissues
@@ -46,7 +46,7 @@ RMS_AT_FULL_SIZE = 2.5
 PAIRS = ("atlas", "subject")
 
 
-def sharpness(image: torch.Tensor, mask: torch.Tensor) -> float:
+def edge_strength(image: torch.Tensor, mask: torch.Tensor) -> float:
     """Mean gradient magnitude (central differences) of `image` (1, 1, *size) inside `mask`: compares blur."""
     grads = torch.gradient(image[0, 0])
     return float(torch.stack(grads).norm(dim=0)[mask[0, 0].bool()].mean())
@@ -62,7 +62,7 @@ class Embedded(Dataset):
 
     `moving` (atlas) and `fixed` (subject) are float32 (1, D, H, W) in [0, 1]; `moving_seg`, `fixed_seg` int64
     (1, D, H, W) with labels 0..12; `disp_true` float32 (3, D, H, W) in voxels, the displacement that warps
-    moving onto fixed. `n` limits the number of subjects (default: the whole split). With a 2-D `size` (H, W)
+    moving onto fixed. `n` limits the number of subjects (default: the whole split). With a 2-D `img_size` (H, W)
     every item is (C, H, W), `disp_true` (2, H, W), and `labels` are the ten present in the slice.
     See the module docstring for `pairs`, `contrast`, `rms_jitter`, `fine_rms` and `supersample`.
     """
@@ -71,14 +71,16 @@ class Embedded(Dataset):
     labels = tuple(LABEL_NAMES)
     label_names = tuple(LABEL_NAMES.values())
 
-    def __init__(self, split: str = "train", size=(80, 96, 112), seed: int = 0, n: int | None = None,
+    def __init__(self, split: str = "train", img_size=(80, 96, 112), seed: int = 0, n: int | None = None,
                  rms: float | None = None, root: str | Path | None = None, cache: bool = True,
                  pairs: str = "atlas", contrast: float = 0.0, rms_jitter: float = 0.0, fine_rms: float = 0.0,
-                 supersample: int = 1):
+                 supersample: int = 1, **renamed):
+        _checks.renamed("Embedded", renamed, {"size": "img_size"})
         _checks.one_of("split", split, SPLITS)
-        size = tuple(int(s) for s in size)
-        if len(size) not in (2, 3) or min(size) < 16:
-            raise ValueError(f"size must be three sides (or two, for the 2-D track) of at least 16 voxels, got {size}")
+        img_size = tuple(int(s) for s in img_size)
+        if len(img_size) not in (2, 3) or min(img_size) < 16:
+            raise ValueError(f"img_size must be three sides (or two, for the 2-D track) of at least 16 voxels, "
+                             f"got {img_size}")
         if n is not None and not 0 < n <= SPLITS[split]:
             raise ValueError(f"n must be between 1 and {SPLITS[split]} for split {split!r}, got {n}")
         _checks.one_of("pairs", pairs, PAIRS)
@@ -87,19 +89,21 @@ class Embedded(Dataset):
                 raise ValueError(f"{name} must be a number >= 0{f' and < {hi}' if hi else ''}, got {v!r}")
         if isinstance(supersample, bool) or int(supersample) != supersample or not 1 <= supersample <= 4:
             raise ValueError(f"supersample must be an integer from 1 to 4, got {supersample!r}")
-        self.split, self.size, self.seed, self.cache = split, size, int(seed), cache
+        self.split, self.img_size, self.seed, self.cache = split, img_size, int(seed), cache
         self.pairs, self.contrast, self.rms_jitter = pairs, float(contrast), float(rms_jitter)
         self.fine_rms, self.supersample = float(fine_rms), int(supersample)
-        full = FULL_SIZE if len(size) == 3 else FULL_SIZE_2D
-        self.rms = RMS_AT_FULL_SIZE * sum(s / f for s, f in zip(size, full)) / len(size) if rms is None else float(rms)
-        self.spacing = max(4, round(32 * size[0] / full[0]))
+        full = FULL_SIZE if len(img_size) == 3 else FULL_SIZE_2D
+        self.rms = (RMS_AT_FULL_SIZE * sum(s / f for s, f in zip(img_size, full)) / len(img_size) if rms is None
+                    else float(rms))
+        self.spacing = max(4, round(32 * img_size[0] / full[0]))
         self.n = n or SPLITS[split]
-        if len(size) == 2:
-            present = set(torch.unique(mni_template(size)[1]).tolist())
+        if len(img_size) == 2:
+            present = set(torch.unique(mni_template(img_size)[1]).tolist())
             self.labels = tuple(k for k in LABEL_NAMES if k in present)
             self.label_names = tuple(LABEL_NAMES[k] for k in self.labels)
         base = Path(root) if root is not None else data_dir()
-        name = f"embedded-{'x'.join(map(str, size))}-seed{self.seed}" + (f"-rms{float(rms):g}" if rms is not None else "")
+        name = (f"embedded-{'x'.join(map(str, img_size))}-seed{self.seed}"
+                + (f"-rms{float(rms):g}" if rms is not None else ""))
         self.folder = base / (name + "".join(f"-{k}{v}" for k, v in self.options().items()))
         if cache:
             self._check_manifest()
@@ -112,7 +116,7 @@ class Embedded(Dataset):
         return {k: (f"{v:g}" if isinstance(v, float) else v) for k, v in values.items() if v != default[k]}
 
     def manifest(self) -> dict:
-        out = {"generator_version": GENERATOR_VERSION, "seed": self.seed, "size": list(self.size),
+        out = {"generator_version": GENERATOR_VERSION, "seed": self.seed, "size": list(self.img_size),
                "rms_voxels": round(self.rms, 6), "spacing_voxels": self.spacing, "splits": SPLITS,
                "direction": "atlas (moving) -> subject (fixed)", "labels": dict(LABEL_NAMES)}
         if self.options():
@@ -147,12 +151,12 @@ class Embedded(Dataset):
         return tuple(t.clone() for t in self._atlas)
 
     def _make_atlas(self):
-        image, seg = mni_template(self.size)
+        image, seg = mni_template(self.img_size)
         k = self.supersample
         if k > 1:
-            fine, fine_seg = mni_template(tuple(s * k for s in self.size))
+            fine, fine_seg = mni_template(tuple(s * k for s in self.img_size))
             image = _pool(fine, k)
-            seg = F.interpolate(fine_seg.float(), size=self.size, mode="nearest-exact").long()
+            seg = F.interpolate(fine_seg.float(), size=self.img_size, mode="nearest-exact").long()
         return image, seg
 
     def subject(self, index: int, inverse: bool = False, clean: bool = False) -> dict:
@@ -161,8 +165,8 @@ class Embedded(Dataset):
         Deterministic in (seed, split, index), so a subject is the same in atlas and in subject pairs.
         `clean=True` leaves out the bias field, gamma and noise (to see what resampling alone does, e.g. blur).
         """
-        k, size = self.supersample, self.size
-        fine_size = tuple(s * k for s in size)
+        k = self.supersample
+        fine_size = tuple(s * k for s in self.img_size)
         g = subject_generator(self.seed, list(SPLITS).index(self.split), index)
         rms = self.rms
         if self.rms_jitter:
@@ -223,6 +227,6 @@ class Embedded(Dataset):
         """Generate (or load) every subject of the split now; returns the seconds it took."""
         from ..progress import progress_bar
         t0 = time.perf_counter()
-        for i in progress_bar(range(self.n), desc=f"embedded {self.split} {self.size}", disable=not progress):
+        for i in progress_bar(range(self.n), desc=f"embedded {self.split} {self.img_size}", disable=not progress):
             self[i]
         return time.perf_counter() - t0

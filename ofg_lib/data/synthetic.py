@@ -24,16 +24,16 @@ def subject_generator(*keys: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
-def smooth_field(size, channels: int, spacing: int, generator: torch.Generator) -> torch.Tensor:
-    """Smooth zero-mean noise (1, channels, *size) with unit RMS and correlation length about `spacing` voxels.
+def smooth_field(img_size, channels: int, spacing: int, generator: torch.Generator) -> torch.Tensor:
+    """Smooth zero-mean noise (1, channels, *img_size) with unit RMS and correlation length about `spacing` voxels.
 
     Gaussian noise on a coarse grid, upsampled (bi/tri)linearly, then three passes of a box filter of width
-    `spacing` (close to a Gaussian blur) to remove the kinks of linear interpolation. `size` is 2-D or 3-D.
+    `spacing` (close to a Gaussian blur) to remove the kinks of linear interpolation. `img_size` is 2-D or 3-D.
     """
-    nd = len(size)
-    coarse = [max(2, -(-s // spacing) + 1) for s in size]
+    nd = len(img_size)
+    coarse = [max(2, -(-s // spacing) + 1) for s in img_size]
     field = torch.randn(1, channels, *coarse, generator=generator)
-    field = F.interpolate(field, size=tuple(size), mode="trilinear" if nd == 3 else "bilinear", align_corners=True)
+    field = F.interpolate(field, size=tuple(img_size), mode="trilinear" if nd == 3 else "bilinear", align_corners=True)
     width = max(1, spacing // 2 * 2 + 1)
     for _ in range(3):
         field = box_sum(field, width) / width ** nd
@@ -49,34 +49,34 @@ def integrate_velocity(velocity: torch.Tensor, steps: int = 7) -> torch.Tensor:
     return disp
 
 
-def random_velocity(size, rms: float, spacing: int, generator: torch.Generator, fine_rms: float = 0.0):
+def random_velocity(img_size, rms: float, spacing: int, generator: torch.Generator, fine_rms: float = 0.0):
     """The stationary velocity behind `random_deformation`, drawn at half resolution: (1, n_dims, *half).
 
-    A coarse component (correlation length `spacing`, RMS about `rms` voxels at `size`) plus, when `fine_rms` > 0,
+    A coarse component (correlation length `spacing`, RMS about `rms` voxels at `img_size`) plus, when `fine_rms` > 0,
     a fine one (a quarter of the correlation length, but at least 2 voxels of the half-resolution grid, so at
     small sizes the two scales are closer; RMS about `fine_rms`): multi-scale deformations.
     """
-    half = [max(8, s // 2) for s in size]
-    velocity = smooth_field(half, len(size), max(2, spacing // 2), generator) * (rms * half[0] / size[0])
+    half = [max(8, s // 2) for s in img_size]
+    velocity = smooth_field(half, len(img_size), max(2, spacing // 2), generator) * (rms * half[0] / img_size[0])
     if fine_rms > 0:
-        fine = smooth_field(half, len(size), max(2, spacing // 8), generator) * (fine_rms * half[0] / size[0])
+        fine = smooth_field(half, len(img_size), max(2, spacing // 8), generator) * (fine_rms * half[0] / img_size[0])
         velocity = velocity + fine
     return velocity
 
 
-def random_deformation(size, rms: float, spacing: int, generator: torch.Generator, fine_rms: float = 0.0,
+def random_deformation(img_size, rms: float, spacing: int, generator: torch.Generator, fine_rms: float = 0.0,
                        with_inverse: bool = False):
-    """A smooth invertible displacement (1, n_dims, *size), voxels, with RMS magnitude about `rms`.
+    """A smooth invertible displacement (1, n_dims, *img_size), voxels, with RMS magnitude about `rms`.
 
     exp(v) of a random stationary velocity v (`random_velocity`), drawn and integrated at half resolution
     (2^n times less work), then resized. `with_inverse=True` also returns exp(-v), the inverse map's
     displacement (the same field integrated backwards): `compose(inverse, disp)` is about zero.
     """
-    velocity = random_velocity(size, rms, spacing, generator, fine_rms)
-    disp = resize_disp(integrate_velocity(velocity), size)
+    velocity = random_velocity(img_size, rms, spacing, generator, fine_rms)
+    disp = resize_disp(integrate_velocity(velocity), img_size)
     if not with_inverse:
         return disp
-    return disp, resize_disp(integrate_velocity(-velocity), size)
+    return disp, resize_disp(integrate_velocity(-velocity), img_size)
 
 
 def intensity_change(image: torch.Tensor, generator: torch.Generator, bias: float = 0.1, gamma: float = 0.15,

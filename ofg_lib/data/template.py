@@ -9,6 +9,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import _checks
+
 
 FILES = {"t1": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
          "gm": "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
@@ -115,42 +117,46 @@ def _load(size: tuple) -> dict:
     return {"image": image, "labels": labels, "tissues": torch.cat([gm, wm, csf], 1)}
 
 
-def _check_size(size) -> tuple:
-    size = tuple(int(s) for s in size)
-    if len(size) not in (2, 3) or min(size) < 8:
-        raise ValueError(f"size must be three sides (D, H, W), or two (H, W) for the 2-D slice, of at least 8 "
-                         f"voxels; got {size}")
-    return size
+def _check_size(img_size) -> tuple:
+    img_size = tuple(int(s) for s in img_size)
+    if len(img_size) not in (2, 3) or min(img_size) < 8:
+        raise ValueError(f"img_size must be three sides (D, H, W), or two (H, W) for the 2-D slice, of at least 8 "
+                         f"voxels; got {img_size}")
+    return img_size
 
 
-def mni_template(size=(80, 96, 112)):
-    """The template as (image (1, 1, *size) float32 in [0, 1], tissue labels (1, 1, *size) int64).
+def mni_template(img_size=(80, 96, 112), **renamed):
+    """The template as (image (1, 1, *img_size) float32 in [0, 1], tissue labels (1, 1, *img_size) int64).
 
     Labels 1..12 are named in `LABEL_NAMES` (tissue maps split by hemisphere and position; not FreeSurfer
-    labels); 0 is background. A 2-D `size` (H, W) gives one axial slice at MNI z = +10 mm (`AXIAL_Z_MM`; axes
-    left-right and posterior-anterior), resized like the volume: it holds labels 1-10 (no posterior fossa).
+    labels); 0 is background. A 2-D `img_size` (H, W) gives one axial slice at MNI z = +10 mm (`AXIAL_Z_MM`;
+    axes left-right and posterior-anterior), resized like the volume: it holds labels 1-10 (no posterior fossa).
     """
-    d = _load(_check_size(size))
+    _checks.renamed("mni_template", renamed, {"size": "img_size"})
+    d = _load(_check_size(img_size))
     return d["image"].clone(), d["labels"].clone()
 
 
-def mni_tissues(size=(80, 96, 112)) -> torch.Tensor:
-    """Grey-matter, white-matter and CSF probability maps (1, 3, *size) of the template (CSF: the rest of the head)."""
-    return _load(_check_size(size))["tissues"].clone()
+def mni_tissues(img_size=(80, 96, 112), **renamed) -> torch.Tensor:
+    """Grey-matter, white-matter and CSF probability maps (1, 3, *img_size) of the template (CSF: the rest of
+    the head)."""
+    _checks.renamed("mni_tissues", renamed, {"size": "img_size"})
+    return _load(_check_size(img_size))["tissues"].clone()
 
 
-def random_smooth_disp(size, rms: float = 2.0, spacing: int | None = None, seed: int = 0,
-                       invertible: bool = True) -> torch.Tensor:
-    """A smooth random displacement (1, 3, *size), voxels, RMS magnitude about `rms`.
+def random_smooth_disp(img_size, rms: float = 2.0, spacing: int | None = None, seed: int = 0,
+                       invertible: bool = True, **renamed) -> torch.Tensor:
+    """A smooth random displacement (1, 3, *img_size), voxels, RMS magnitude about `rms`.
 
     `invertible=True` integrates a random velocity field (never folds); `invertible=False` returns the smooth
     noise itself as the displacement, which folds once it is large compared with its correlation length.
-    A 2-D `size` gives a 2-D field (1, 2, H, W).
+    A 2-D `img_size` gives a 2-D field (1, 2, H, W).
     """
+    _checks.renamed("random_smooth_disp", renamed, {"size": "img_size"})
     from .synthetic import random_deformation, smooth_field, subject_generator
-    size = tuple(size)
-    spacing = spacing or max(4, min(size) // 4)
+    img_size = tuple(img_size)
+    spacing = spacing or max(4, min(img_size) // 4)
     g = subject_generator(seed, 99)
     if invertible:
-        return random_deformation(size, rms, spacing, g)
-    return smooth_field(size, len(size), spacing, g) * rms
+        return random_deformation(img_size, rms, spacing, g)
+    return smooth_field(img_size, len(img_size), spacing, g) * rms

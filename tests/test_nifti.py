@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ofg_lib import models
-from ofg_lib.io import disp_to_mm, read_image, read_pair, write_outputs
+from ofg_lib.nifti import disp_to_mm, read_image, read_pair, write_outputs
 from ofg_lib.register import main
 from ofg_lib.transform import warp
 

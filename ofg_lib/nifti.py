@@ -11,7 +11,7 @@
   * `disp_mm.nii.gz`: the ITK/ANTs displacement-field convention, a 5-D vector image (X, Y, Z, 1, 3) with
     intent "vector", in millimetres, components in ITK's physical (LPS) frame: d = diag(-1, -1, 1) A u, with A
     the linear part of the fixed image's affine (RAS) and u the voxel displacement. ITK reads NIfTI vectors as
-    LPS; `ants.apply_transforms(fixed, moving, [disp_mm.nii.gz])` reproduces our warp (tests/test_io.py).
+    LPS; `ants.apply_transforms(fixed, moving, [disp_mm.nii.gz])` reproduces our warp (tests/test_nifti.py).
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .data.readers import image_tensor, label_tensor, load_nifti
-from .paths import atomic_write
+from .files import atomic_write
 
 __all__ = ["read_image", "read_pair", "write_outputs", "disp_to_mm", "LPS"]
 
