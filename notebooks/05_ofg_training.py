@@ -37,10 +37,8 @@ device = "auto"  # "auto" uses a GPU when there is one
 
 # %%
 import inspect
-import json
 
 import matplotlib.pyplot as plt
-import numpy as np
 import torch
 from IPython.display import Markdown, display
 
@@ -52,6 +50,7 @@ from ofg_lib.evaluate import load_run
 from ofg_lib.losses import ofg_loss
 from ofg_lib.optimizer import refine
 from ofg_lib.files import resolve
+from ofg_lib.runs import RunFolder
 
 out = resolve(run_dir) / "compare"
 # the parameters above named as config keys, as one config (empty data_root / zero RMS: the defaults)
@@ -162,7 +161,7 @@ for setting in ("equal_steps", "equal_time"):
         d = result[setting]["rows"][0]["val_dice"]     # the OFG row, paired against unsupervised (the reference)
         print(f"{setting}: OFG - unsupervised Dice = {d['difference']:+.4f} ± {d['difference_std']:.4f} "
               f"over {len(seeds)} seed(s)")
-summaries = [json.loads((out / f"{s}-seed{seeds[0]}" / "summary.json").read_text()) for s in ("unsupervised", "ofg")]
+summaries = [RunFolder(out / f"{s}-seed{seeds[0]}").summary() for s in ("unsupervised", "ofg")]
 for s in summaries:
     print(f"{s['strategy']:>13s}: {s['sec_per_step_network']:.3f} s/step network + "
           f"{s['sec_per_step_inner']:.3f} s/step inner optimizer on {s['device']}")

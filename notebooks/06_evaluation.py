@@ -40,6 +40,7 @@ from ofg_lib.evaluate import evaluate, field_maps
 from ofg_lib.files import resolve
 from ofg_lib.baselines import QUICK, Baseline, available, register_classical
 from ofg_lib.report import classical_row, network_row, write_report
+from ofg_lib.runs import RunFolder
 from ofg_lib.viz import dice_boxplot, interactive, method_columns, pair_panels
 
 dev = ofg_lib.device(device)
@@ -168,7 +169,7 @@ for method in baselines:
 # %%
 n_rep = min(report_pairs, len(val))
 seeds_found = sorted(int(p.name.rsplit("seed", 1)[1]) for p in (resolve(run_dir) / "compare").glob("ofg-seed*")
-                     if (p / "checkpoint.pt").exists())
+                     if RunFolder(p).holds_run())
 classical, evals = [], {}
 for method in baselines:
     row, r = classical_row(method, val, n_rep, threads=threads, absent=absent)

@@ -59,6 +59,7 @@ from IPython.display import Markdown, display
 from ofg_lib import config, study, viz
 from ofg_lib.evaluate import score_run
 from ofg_lib.files import load_checkpoint, resolve
+from ofg_lib.runs import RunFolder
 from ofg_lib.sweep import measure_step, run_curves, sweep, table_markdown, train_history
 
 out = resolve(run_dir) / "runs"
@@ -90,15 +91,16 @@ def table(result):
 core = sweep(base, [{"strategy": "unsupervised"}], name="core", **run)
 display(table(core))
 # the teacher: the first seed's unsupervised run (its best-validation checkpoint when runs are scored that way)
-teacher = str(out / "strategy=unsupervised" / f"seed{seeds[0]}" / ("best.pt" if test_pairs else "checkpoint.pt"))
+which = "best" if test_pairs else "last"
+teacher = str(RunFolder(out / "strategy=unsupervised" / f"seed{seeds[0]}").checkpoint(which))
 if teacher_epochs and teacher_epochs != epochs:
     # a better-trained teacher: the paper's upper-bound argument needs one above OFG, not one at OFG's budget
     # (its best-validation checkpoint when runs are scored that way: a constant lr can make the last one worse)
     folder = out / f"teacher-{teacher_epochs}ep"
     train_history({**base, "strategy": "unsupervised", "seed": seeds[0], "epochs": teacher_epochs}, folder)
-    teacher = str(folder / ("best.pt" if test_pairs else "checkpoint.pt"))
+    teacher = str(RunFolder(folder).checkpoint(which))
 if test_pairs:
-    teacher_dice = score_run(Path(teacher).parent, "test", test_pairs, Path(teacher).stem.replace("checkpoint", "last"))["dice"]
+    teacher_dice = score_run(Path(teacher).parent, "test", test_pairs, which)["dice"]
 else:
     teacher_dice = [r for r in load_checkpoint(teacher)["history"] if "val_dice" in r][-1]["val_dice"]
 print(f"teacher: {teacher} ({'test' if test_pairs else 'last validation'} Dice {teacher_dice:.4f}; full OFG "

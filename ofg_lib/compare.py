@@ -16,6 +16,7 @@ from pathlib import Path
 from .config import load_config
 from .evaluate import load_run
 from .files import atomic_write, write_json
+from .runs import RunFolder
 from .sweep import equal_time_epochs, mean_curve, step_seconds, sweep, table_markdown, train_history  # noqa: F401
 
 METRICS = ("val_dice", "fold_fraction", "fold_fraction_brain", "epe", "sdlogj")
@@ -75,10 +76,10 @@ def load_runs(run_dir, seed: int = 0, strategies=("unsupervised", "ofg"), device
     """
     from .files import resolve
     folders = {s: Path(run_dir) / "compare" / f"{s}-seed{seed}" for s in strategies}
-    missing = [str(f) for f in folders.values() if not (f / "checkpoint.pt").exists()]
+    missing = [str(f) for f in folders.values() if not RunFolder(f).holds_run()]
     if missing and make and Path(run_dir).resolve() == resolve(NOTEBOOK_05_RUN_DIR).resolve():
         run_notebook_05(run_dir, seed)
-        missing = [str(f) for f in folders.values() if not (f / "checkpoint.pt").exists()]
+        missing = [str(f) for f in folders.values() if not RunFolder(f).holds_run()]
     if missing:
         raise FileNotFoundError(f"no trained runs at {', '.join(missing)}: run notebook 05 with the same run_dir "
                                 f"first")

@@ -77,7 +77,7 @@ def paired_row(scores: dict, seeds, a: str = "unsupervised", b: str = "ofg", met
 def _plateaued(folder, history) -> bool:
     """Whether the run in `folder` ended by the plateau rule (its summary says so, for the step it reached)."""
     try:
-        summary = json.loads((Path(folder) / "summary.json").read_text())
+        summary = RunFolder(folder).summary()
     except (OSError, ValueError):
         return False
     return bool(summary.get("stopped_early")) and summary.get("steps") == history[-1]["step"]
@@ -95,33 +95,18 @@ def stored_history(cfg: dict, folder) -> list | None:
 
     A folder without checkpoints (the logs a GPU session sent back: config.json, log.csv, summary.json and the
     score caches, see scripts/converge_parallel.py) is read from config.json and log.csv."""
-    folder = Path(folder)
-    path = folder / "checkpoint.pt"
-    if path.exists():
-        state = load_checkpoint(path)
+    folder, run = Path(folder), RunFolder(folder)
+    if run.holds_run():
+        state = load_checkpoint(run.checkpoint())
         stored, history = state["config"], state["history"]
-    elif (folder / "config.json").exists() and (folder / "log.csv").exists():
-        stored, history = json.loads((folder / "config.json").read_text()), _read_log(folder / "log.csv")
+    elif run.has_logs():
+        stored, history = run.config(), run.read_log()
     else:
         return None
     diff = config_differences(stored, load_config(cfg), RUNTIME)
     if diff:
         raise ValueError(f"{folder} holds a run of another config (stored -> requested): {'; '.join(diff)}")
     return history
-
-
-def _read_log(path) -> list[dict]:
-    """log.csv as the trainer's history rows: numbers as int or float, empty cells left out."""
-    import csv
-
-    def num(v):                 # the trainer writes ints as ints ("250") and floats by repr ("0.001", "1e-05")
-        try:
-            return int(v)
-        except ValueError:
-            return float(v)
-    with open(path, newline="") as fh:      # an empty cell (a row without validation) is left out, as in
-        return [{k: num(v) for k, v in row.items() if v not in ("", None)}   # the checkpoint's history
-                for row in csv.DictReader(fh)]
 
 
 def stored_score(folder, split: str, n, which: str = "best", history=None) -> dict | None:
@@ -135,9 +120,8 @@ def stored_score(folder, split: str, n, which: str = "best", history=None) -> di
     if not cache.exists():
         return None
     cached = json.loads(cache.read_text())
-    stored = json.loads((folder / "config.json").read_text())
-    if cached.get("config") != json.dumps(stored, sort_keys=True, default=str):
-        raise ValueError(f"{cache} scored a checkpoint of another config than {folder / 'config.json'}")
+    if cached.get("config") != json.dumps(RunFolder(folder).config(), sort_keys=True, default=str):
+        raise ValueError(f"{cache} scored a checkpoint of another config than the run in {folder}")
     if history is not None and cached.get("step") not in {r["step"] for r in history}:
         raise ValueError(f"{cache} scored step {cached.get('step')}, which the run's log does not reach")
     return cached

@@ -3,8 +3,9 @@ writer at a time (`claim`).
 
     folder = RunFolder(out)
     folder.start(config, overwrite=False)      # config.json; with overwrite, the old run's files go
-    folder.save(state)                         # checkpoint.pt (atomically); folder.save(state, "best.pt")
+    folder.save(state)                         # checkpoint.pt (atomically); folder.save(state, "best"): best.pt
     folder.write_log(history); folder.write_summary(summary)
+    folder.history(); folder.config(); folder.summary(); folder.read_log()    # and read back
 
 The lock:
 
@@ -60,6 +61,36 @@ class RunFolder:
     def holds_run(self) -> bool:
         return self.checkpoint().exists()
 
+    def history(self, which: str = "last") -> list:
+        """The history rows stored in a checkpoint (the last one's: every finished epoch)."""
+        from .files import load_checkpoint
+        return load_checkpoint(self.checkpoint(which))["history"]
+
+    def config(self) -> dict:
+        """config.json: the run's whole config as written when it started."""
+        return json.loads((self.path / "config.json").read_text())
+
+    def summary(self) -> dict:
+        """summary.json: what the run's last `fit` returned."""
+        return json.loads((self.path / "summary.json").read_text())
+
+    def has_logs(self) -> bool:
+        """Whether the folder holds a run's logs (config.json and log.csv), with or without its checkpoints."""
+        return (self.path / "config.json").exists() and (self.path / "log.csv").exists()
+
+    def read_log(self) -> list[dict]:
+        """log.csv as the trainer's history rows: numbers as int or float, empty cells left out."""
+        import csv
+
+        def num(v):             # the trainer writes ints as ints ("250") and floats by repr ("0.001", "1e-05")
+            try:
+                return int(v)
+            except ValueError:
+                return float(v)
+        with open(self.path / "log.csv", newline="") as fh:   # an empty cell (a row without validation) is left
+            return [{k: num(v) for k, v in row.items() if v not in ("", None)}   # out, as in the checkpoint's history
+                    for row in csv.DictReader(fh)]
+
     def score_cache(self, which: str, split: str, n) -> Path:
         return self.path / f"score-{which}-{split}-{n if n is not None else 'all'}.json"
 
@@ -90,9 +121,10 @@ class RunFolder:
                 cached.unlink(missing_ok=True)
         write_json(self.path / "config.json", config)
 
-    def save(self, state: dict, name: str = "checkpoint.pt") -> None:
+    def save(self, state: dict, which: str = "last") -> None:
+        """Write a checkpoint (`which`: "last", checkpoint.pt, or "best", best.pt) atomically."""
         from .files import atomic_save
-        atomic_save(state, self.path / name)
+        atomic_save(state, self.checkpoint(which))
 
     def write_log(self, history: list) -> None:
         """log.csv: one row per epoch, columns in order of first appearance."""

@@ -26,8 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from .evaluate import score_run
+from .files import atomic_write, write_json
+from .runs import RunFolder
 from .stats import last_k_mean, paired
-from .files import atomic_write, load_checkpoint, write_json
 
 __all__ = ["points", "folder_name", "sweep", "train_history", "mean_curve", "step_seconds", "equal_time_epochs",
            "run_curves", "measure_step", "SWEEP_METRICS", "TEST_METRICS", "CLAIMS", "verdict_metric",
@@ -52,7 +53,7 @@ def train_history(cfg: dict, folder, resume: bool = True, callbacks=()) -> list:
     """
     from .train import run
     run(cfg, out=folder, resume="auto" if resume else False, callbacks=callbacks, exact=True)
-    return load_checkpoint(Path(folder) / "checkpoint.pt")["history"]
+    return RunFolder(folder).history()
 
 
 def mean_curve(histories, metric: str = "val_dice"):
@@ -239,8 +240,7 @@ def table_markdown(result, columns=None, versus: str = "reference", long: bool =
 
 def run_curves(out, point: str, seeds, metric: str = "val_dice", layout="{name}/seed{seed}"):
     """(steps, mean, std) over seeds of a validation metric along the runs of one point of a sweep folder."""
-    return mean_curve([load_checkpoint(Path(out) / _layout(layout, point, s) / "checkpoint.pt")["history"]
-                       for s in seeds], metric)
+    return mean_curve([RunFolder(Path(out) / _layout(layout, point, s)).history() for s in seeds], metric)
 
 
 def _csv(rows) -> str:
@@ -279,7 +279,7 @@ def measure_step(cfg: dict, steps: int = 3, timeout: int = 900) -> dict:
 def _teacher_note(rows) -> str | None:
     """Fig. 5's caveat when its teacher is the core unsupervised run (same short budget), not a longer one."""
     teachers = [Path(str(r["overrides"]["teacher"])) for r in rows if r["overrides"].get("teacher")]
-    if any("strategy=unsupervised" in t.parts and t.name == "checkpoint.pt" for t in teachers):
+    if any("strategy=unsupervised" in t.parts and t == RunFolder(t.parent).checkpoint("last") for t in teachers):
         return "the teacher is the seed-0 unsupervised run at the same short budget, not a well-trained one"
     if any("strategy=unsupervised" in t.parts for t in teachers):
         return ("the teacher is the seed-0 unsupervised run of the same sweep (the best-validation checkpoint of a run "

@@ -86,13 +86,13 @@ class Trainer:
         self.folder.start(dataclasses.asdict(self.cfg), self.overwrite)
         self._claimed = True
 
-    def save(self, name="checkpoint.pt"):
+    def save(self, which: str = "last"):
         if self.out is None or self.rank != 0:
             return
         if not _finite_parameters(self.model):
-            raise FloatingPointError(f"refusing to write {self.out / name}: the weights are not finite")
+            raise FloatingPointError(f"refusing to write {self.folder.checkpoint(which)}: the weights are not finite")
         self._claim()
-        self.folder.save(self.state(), name)
+        self.folder.save(self.state(), which)
 
     def load(self, path, exact: bool = False):
         """Continue the run of checkpoint `path`: its config must match (module docstring), epochs never shrink."""
@@ -144,7 +144,7 @@ class Trainer:
         self.opt.step()
         self.updates += 1
         if not _finite_parameters(self.model):
-            where = f"; the last checkpoint, {self.out / 'checkpoint.pt'}, is untouched" if self.out else ""
+            where = f"; the last checkpoint, {self.folder.checkpoint()}, is untouched" if self.out else ""
             raise diverged(f"the weights are not finite after the optimizer step{where}")
         return total, logs
 
@@ -237,7 +237,7 @@ class Trainer:
                 row.update(self.validate())
                 if row["val_dice"] > self.best_dice:
                     self.best_dice = row["val_dice"]
-                    self.save("best.pt")
+                    self.save("best")
             self.epoch += 1
             self.history.append(row)
             if self.rank == 0 and self.out is not None:

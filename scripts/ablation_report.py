@@ -13,7 +13,6 @@ verdicts and the runs. Nothing is typed: every number comes from those files. Ch
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import shutil
 import sys
@@ -21,6 +20,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from ofg_lib.runs import RunFolder  # noqa: E402
 
 
 def notebook_outputs(path: Path) -> list[str]:
@@ -58,7 +58,7 @@ def tables_markdown(tables: dict, runs: Path) -> str:
         teachers = sorted({r["overrides"]["teacher"] for r in t["rows"] if r["overrides"].get("teacher")})
         for path in teachers:
             if t.get("test_pairs"):
-                which = "best" if Path(path).name == "best.pt" else "last"
+                which = "best" if Path(path) == RunFolder(Path(path).parent).checkpoint("best") else "last"
                 d = score_run(Path(path).parent, "test", t["test_pairs"], which)["dice"]
                 parts[-1] += (f"\nTeacher: `{Path(path).relative_to(runs)}`, test Dice {d:.4f} on "
                               f"{t['test_pairs']} pairs (full OFG {t['rows'][0]['test_dice']['reference']:.4f}).\n")
@@ -67,12 +67,14 @@ def tables_markdown(tables: dict, runs: Path) -> str:
 
 def run_rows(runs: Path) -> list[dict]:
     rows = []
-    for cfg in sorted(runs.glob("*/seed*/config.json")):
-        folder = cfg.parent
-        with open(folder / "log.csv") as f:
-            log = list(csv.DictReader(f))
-        summary = json.loads((folder / "summary.json").read_text()) if (folder / "summary.json").exists() else {}
-        vals = [(int(r["step"]), float(r["val_dice"])) for r in log if r.get("val_dice")]
+    for folder in sorted(p for p in runs.glob("*/seed*") if RunFolder(p).has_logs()):
+        run = RunFolder(folder)
+        log = run.read_log()
+        try:
+            summary = run.summary()
+        except FileNotFoundError:
+            summary = {}
+        vals = [(int(r["step"]), float(r["val_dice"])) for r in log if r.get("val_dice") is not None]
         best = max(vals, key=lambda v: v[1]) if vals else (None, None)
         secs = sum((float(r["sec_per_step_network"] or 0) + float(r["sec_per_step_inner"] or 0)
                     + float(r.get("sec_per_step_data") or 0))

@@ -109,9 +109,11 @@ def _machine(n_runs: int) -> str:
 
 def pack_logs(run_dir: Path, path: Path) -> Path:
     """config.json, log.csv and summary.json of every run under `run_dir`, as one .tar.gz (no checkpoints)."""
+    from ofg_lib.runs import RUN_FILES
+    logs = [name for name in RUN_FILES if not name.endswith(".pt")]
     with tarfile.open(path, "w:gz") as tar:
         for f in sorted(run_dir.rglob("*")):
-            if f.name in ("config.json", "log.csv", "summary.json") or f.name.startswith("score-"):
+            if f.name in logs or f.name.startswith("score-"):
                 tar.add(f, arcname=str(f.relative_to(run_dir.parent)))
     return path
 

@@ -397,7 +397,8 @@ def test_only_refuses_an_unknown_arm_or_strategy(tmp_path, capsys):
 
 
 def test_a_run_counts_as_plateaued_only_when_its_summary_says_so_for_the_step_it_reached(tmp_path):
-    from ofg_lib.converge import _plateaued, _read_log
+    from ofg_lib.converge import _plateaued
+    from ofg_lib.runs import RunFolder
     h = [{"step": 250, "val_dice": 0.5}, {"step": 500, "val_dice": 0.6}]
     assert not _plateaued(tmp_path, h)                                   # no summary: cut, not plateaued
     (tmp_path / "summary.json").write_text(json.dumps({"stopped_early": True, "steps": 500}))
@@ -407,7 +408,7 @@ def test_a_run_counts_as_plateaued_only_when_its_summary_says_so_for_the_step_it
     (tmp_path / "summary.json").write_text(json.dumps({"stopped_early": False, "steps": 500}))
     assert not _plateaued(tmp_path, h)
     (tmp_path / "log.csv").write_text("epoch,step,lr,val_dice\n1,250,0.001,\n2,500,1e-3,0.61\n")
-    rows = _read_log(tmp_path / "log.csv")
+    rows = RunFolder(tmp_path).read_log()
     assert rows == [{"epoch": 1, "step": 250, "lr": 0.001}, {"epoch": 2, "step": 500, "lr": 0.001, "val_dice": 0.61}]
     assert isinstance(rows[0]["step"], int) and "val_dice" not in rows[0]   # unvalidated rows carry no metric
 
