@@ -54,16 +54,18 @@ def trainer_parts(config, out=None) -> dict:
     net = model if world == 1 else torch.nn.parallel.DistributedDataParallel(
         model, device_ids=[dev.index] if dev.index is not None else None)
     return {"cfg": cfg, "device": dev, "model": model, "net": net, "train_set": train_set, "val_set": val_set,
+            "img_size": img_size,
             "guide": guidance.Guide(cfg, img_size, dev),
             "teacher": load_teacher(cfg.teacher, img_size, dev) if cfg.teacher else None,
             "folder": RunFolder(Path(out)) if out is not None else None, "rank": rank, "world": world,
             "threads_before": threads_before}
 
 
-def describe(model, device, world: int = 1) -> dict:
-    """The facts of a run's parts that its summary records: device, processes, parameters, CPU paths."""
+def describe(model, device, world: int = 1, amp: bool = False) -> dict:
+    """The facts of a run's parts that its summary records: device, mixed precision, processes, parameters, CPU
+    paths."""
     cpu = device.type == "cpu"
-    return {"device": str(device), "world_size": world,
+    return {"device": str(device), "amp": amp, "world_size": world,
             "replicas_agree": replicas_agree(model, device, world) if world > 1 else None,
             "parameters": models.count_parameters(model),
             # the CPU convolution path this process used (models/layers.py); a resumed run may have mixed both,

@@ -5,7 +5,7 @@ requested one (what resuming and the experiment runners' exact reuse rest on).
     cfg = ofg_lib.config.load_config("configs/cpu_smoke.yaml", ["epochs=3"])
 
 The YAML keys, the notebooks' parameter cells and the CLI's `--set` use the same names. `ofg_lib.train`
-re-exports everything here under its old names (`ofg_lib.train.TrainConfig`, `load_config`, ...).
+re-exports `TrainConfig`, `load_config`, `RESUMABLE`, `RUNTIME` and `CLI_FLAGS` under their old names.
 """
 from __future__ import annotations
 

@@ -65,7 +65,7 @@ class Guide:
 
     `label(phi, moving, fixed, steps, lr, current)` is a step's pseudo label (the design of `current`, the
     step's strategy); `before_epoch(...)` trains the optimizer network of the network designs before a guided
-    epoch; `may_guide` / `step_strategy` are the schedule. The paper's optimizer network (`optimizer-network`)
+    epoch; `step_strategy` is the schedule. The paper's optimizer network (`optimizer-network`)
     has its own initialisation (seed + 7919, drawn without touching the global RNGs), weights and Adam, saved
     with the run (`state_dict`). The trainer times these calls; nothing here touches a clock.
     """
@@ -93,9 +93,6 @@ class Guide:
             train_persistent_optimizer_network(self.net, self.opt, train_set, self.cfg, epoch, lr, device)
         elif self.cfg.optimizer_design == "network":
             self.net = train_epoch_copy(model, batches, self.cfg, lr, device)
-
-    def may_guide(self, epoch: int) -> bool:
-        return may_guide(self.cfg, epoch)
 
     def step_strategy(self, epoch: int, coin: torch.Generator) -> str:
         return step_strategy(self.cfg, epoch, coin)

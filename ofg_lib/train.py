@@ -48,8 +48,8 @@ def _finite_parameters(model) -> bool:
 class Trainer:
     """Trains `cfg.model` with `cfg.strategy`; `fit()` runs (or resumes) all epochs and returns the summary."""
 
-    def __init__(self, cfg: TrainConfig, model, train_set, val_set, guide, device, net=None, teacher=None,
-                 folder=None, callbacks=(), overwrite: bool = False, rank: int = 0, world: int = 1,
+    def __init__(self, cfg: TrainConfig, model, train_set, val_set, guide, device, img_size, net=None,
+                 teacher=None, folder=None, callbacks=(), overwrite: bool = False, rank: int = 0, world: int = 1,
                  threads_before: int | None = None):
         """The parts come built (`ofg_lib.build.trainer_parts`; `Trainer.from_config` builds and passes them)."""
         self.cfg, self.model, self.net = cfg, model, net if net is not None else model
@@ -57,7 +57,7 @@ class Trainer:
         self.folder, self.out, self._claimed = folder, folder.path if folder is not None else None, False
         self.callbacks, self.overwrite, self.rank, self.world = list(callbacks), overwrite, rank, world
         self._threads_before = threads_before or torch.get_num_threads()   # restored when fit() ends
-        self.img_size = tuple(val_set[0]["fixed"].shape[1:])
+        self.img_size = tuple(img_size)        # the data's (a real dataset brings its own), stored in checkpoints
         self.opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, amsgrad=True)
         self.amp = bool(cfg.amp and amp_available(device))
         self.two_way = cfg.two_way if cfg.two_way is not None else cfg.dataset == "oasis"
@@ -265,8 +265,8 @@ class Trainer:
              "stopped_early": self.epoch < self.cfg.epochs and self.stopped(),
              **{k: float(np.mean([r.get(k, 0) for r in rows]))
                 for k in ("sec_per_step_network", "sec_per_step_inner", "sec_per_step_data")},
-             "seed": self.cfg.seed, "data_seed": self.cfg.data_seed, "amp": self.amp,
-             **describe(self.model, self.device, self.world)}
+             "seed": self.cfg.seed, "data_seed": self.cfg.data_seed,
+             **describe(self.model, self.device, self.world, self.amp)}
         if self.out is not None and self.rank == 0:
             self._claim()
             self.folder.write_summary(s)

@@ -76,7 +76,7 @@ def run_rows(runs: Path) -> list[dict]:
             summary = {}
         vals = [(int(r["step"]), float(r["val_dice"])) for r in log if r.get("val_dice") is not None]
         best = max(vals, key=lambda v: v[1]) if vals else (None, None)
-        secs = sum((float(r["sec_per_step_network"] or 0) + float(r["sec_per_step_inner"] or 0)
+        secs = sum((float(r.get("sec_per_step_network") or 0) + float(r.get("sec_per_step_inner") or 0)
                     + float(r.get("sec_per_step_data") or 0))
                    * (int(r["step"]) - (int(log[i - 1]["step"]) if i else 0)) for i, r in enumerate(log))
         rows.append({"run": f"{folder.parent.name}/{folder.name}", "steps": int(log[-1]["step"]) if log else 0,
