@@ -19,7 +19,7 @@ inner_steps = 10  # inner steps per training step (the paper: 10)
 inner_lr = 0.1  # Adam learning rate of the inner optimizer (the paper: 0.1)
 inner_reg = 1.0  # lambda, the weight of grad_l2 in the energy (the published code: 1)
 sgd_lr = 1000.0  # a learning rate at which plain SGD moves at all (see section 7)
-pred_fraction = 0.5  # section 4 starts from phi_pred = pred_fraction * disp_true, a stand-in for a network
+pred_fraction = 0.5  # section 4 starts from phi_pred: this fraction of disp_true, a stand-in for a network
 widget_size = [40, 48, 56]  # centre crop that the widget of section 8 refines (under a second per redraw on CPU)
 seed = 0  # seed of the embedded cohort
 device = "auto"  # "auto" uses a GPU when there is one

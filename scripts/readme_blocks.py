@@ -9,6 +9,7 @@ that the README holds what this computes.
 - `pareto`: both strategies at several smoothness weights (`ofg_lib.converge.pareto_markdown`, reports/converge/pareto.json);
 - `gpu`: the GPU benchmark's rows, ratios and goals (benchmarks/results/bench_gpu_h200.json);
 - `cpu_bench`: the CPU convolution path against PyTorch's (benchmarks/results/bench_cpu.md);
+- `cpu_compare`: `make reproduce`'s comparison of notebook 05 (reports/cpu_compare/comparison.md and .json);
 - `headline`: where the answer stands, one line per experiment (`ofg_lib.converge.where_ofg_stands`).
 """
 from __future__ import annotations
@@ -59,6 +60,14 @@ def blocks() -> dict:
     cpu = ROOT / "benchmarks" / "results" / "bench_cpu.md"
     out["cpu_bench"] = (cpu.read_text().replace("# bench_cpu: ", "", 1) if cpu.exists() else
                         "(not measured yet: `python benchmarks/bench_cpu.py`)\n")
+    cmp = ROOT / "reports" / "cpu_compare"
+    if (cmp / "comparison.json").exists():
+        r = json.loads((cmp / "comparison.json").read_text())
+        secs = ", ".join(f"{s} {v:.3f} s" for s, v in r["sec_per_step"].items())
+        out["cpu_compare"] = ((cmp / "comparison.md").read_text().strip() + "\n\nSeconds per training step (network and "
+                              f"inner optimizer, median over all epochs and seeds): {secs}.\n")
+    else:
+        out["cpu_compare"] = "(no committed summary yet: `make reproduce`, then copy results/cpu/05_training/compare/)\n"
     return out
 
 
