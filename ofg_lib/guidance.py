@@ -151,15 +151,10 @@ def downsample(guide, phi, moving, fixed, steps: int, lr: float):
     return instance_label(guide.cfg, phi, moving, fixed, steps, lr, "downsample")
 
 
-@design("optimizer-network")
+@design("network")               # the earlier stand-in: a per-epoch copy of the main model (`train_epoch_copy`)
+@design("optimizer-network")     # the paper's: its own persistent network (`train_persistent_optimizer_network`)
 def optimizer_network(guide, phi, moving, fixed, steps: int, lr: float):
-    """The paper's network-based optimizer: its own persistent network (`train_persistent_optimizer_network`)."""
-    return network_label(guide.net, phi, moving, fixed)
-
-
-@design("network")
-def network(guide, phi, moving, fixed, steps: int, lr: float):
-    """The earlier stand-in: a per-epoch copy of the main model (`train_epoch_copy`); its labels lag."""
+    """The optimizer network's prediction (trained by `Guide.before_epoch`) as the label."""
     return network_label(guide.net, phi, moving, fixed)
 
 

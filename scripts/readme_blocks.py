@@ -64,8 +64,17 @@ def blocks() -> dict:
     if (cmp / "comparison.json").exists():
         r = json.loads((cmp / "comparison.json").read_text())
         secs = ", ".join(f"{s} {v:.3f} s" for s, v in r["sec_per_step"].items())
-        out["cpu_compare"] = ((cmp / "comparison.md").read_text().strip() + "\n\nSeconds per training step (network and "
-                              f"inner optimizer, median over all epochs and seeds): {secs}.\n")
+        said = []
+        for setting in ("equal_steps", "equal_time"):
+            for row in r[setting]["rows"]:
+                d = row["val_dice"]
+                said.append(f"{setting.replace('_', ' ')}: {row['point']} - unsupervised Dice "
+                            f"{d['difference']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}], above in {d['ahead']} of "
+                            f"{d['n']} seeds: " + ("resolved, the 95 % interval excludes 0" if d["significant"]
+                                                   else "not resolved, the 95 % interval includes 0"))
+        out["cpu_compare"] = ((cmp / "comparison.md").read_text().strip() + "\n\n" + "".join(f"- {s}.\n" for s in said)
+                              + "\nSeconds per training step (network and inner optimizer, median over all epochs and "
+                              f"seeds): {secs}.\n")
     else:
         out["cpu_compare"] = "(no committed summary yet: `make reproduce`, then copy results/cpu/05_training/compare/)\n"
     return out
