@@ -5,12 +5,14 @@ PyTorch path computes (warp, LNCC with window^n box sums, grad_l2, Adam with ams
 arithmetic arranged for memory traffic instead of generality:
 - the warp samples the moving image once per voxel and keeps the derivative of the (tri)linear interpolant with
   respect to the displacement from the same corner values (what `grid_sample`'s backward recomputes; only the
-  displacement needs a gradient, never the image);
+  displacement needs a gradient, never the image), and writes the moments J, J^2, IJ the box sums need;
 - the box sums slide a window (add the entering slice, subtract the leaving one) with float64 accumulators,
   two passes over memory per filter instead of 2 x window shifted additions per axis;
 - the LNCC coefficients of `losses._LNCC` (derived in notebook 03) are one elementwise kernel that also sums cc;
-- the gradient (LNCC term times the interpolant's derivative, plus grad_l2's), the energy's regulariser sums and
-  the optimizer update are one pass, and nothing full-size is allocated after the first step.
+- the gradient (LNCC term times the interpolant's derivative, plus grad_l2's) and the energy's regulariser sums
+  are one pass, the optimizer update another (Adam's first step starts its moments at zero without a zeroing
+  pass); the full-size arrays are kept between calls in one thread (`Scratch`), so a training step's refinement
+  allocates nothing full-size and pays no page faults after the first.
 
 For the same field the two paths give the same energy and gradient to float64 rounding, and on textured images
 their fields after ten float64 steps agree to 1e-7 voxels (tests/test_optimizer.py). They do not agree to 1e-4
@@ -23,6 +25,7 @@ takes PyTorch's path.
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 import torch
@@ -75,11 +78,14 @@ _WARP = _JIT
 
 
 @njit(**_WARP)
-def _warp3(mov, phi, out, dw, bz, by, bx, scale, k):
-    """out = mov(p + phi(p)) trilinear, zeros outside; dw[c] = d out / d phi[c] (the interpolant's slope).
+def _warp3(mov, fix, phi, out, dw, mom, bz, by, bx, scale, k):
+    """out = mov(p + phi(p)) trilinear, zeros outside; dw[c] = d out / d phi[c] (the interpolant's slope);
+    mom = (J, J^2, I J) with J = out, I = fix (each product rounded to the images' dtype, as numpy's).
     bz, by, bx: the identity's normalised coordinates along D, H, W and scale (x, y, z order), as in
     `transform._base_and_scale`; k = (1, 1/2, D-1, H-1, W-1) (halving is exact: x / 2 == x * 0.5)."""
     D, H, W = mov.shape
+    flat = mov.reshape(-1)
+    HW = H * W
     sx, sy, sz, one, half, kz, ky, kx = scale[0], scale[1], scale[2], k[0], k[1], k[2], k[3], k[4]
     for d in prange(D):
         cz = bz[d]
@@ -94,6 +100,9 @@ def _warp3(mov, phi, out, dw, bz, by, bx, scale, k):
                     dw[0, d, h, w] = 0.0
                     dw[1, d, h, w] = 0.0
                     dw[2, d, h, w] = 0.0
+                    mom[0, d, h, w] = 0.0
+                    mom[1, d, h, w] = 0.0
+                    mom[2, d, h, w] = 0.0
                     continue
                 z0 = _floor(z)
                 y0 = _floor(y)
@@ -105,14 +114,15 @@ def _warp3(mov, phi, out, dw, bz, by, bx, scale, k):
                 gy = 1.0 - fy
                 gx = 1.0 - fx
                 if z0 >= 0 and y0 >= 0 and x0 >= 0 and z0 + 1 < D and y0 + 1 < H and x0 + 1 < W:
-                    c000 = mov[z0, y0, x0]
-                    c001 = mov[z0, y0, x0 + 1]
-                    c010 = mov[z0, y0 + 1, x0]
-                    c011 = mov[z0, y0 + 1, x0 + 1]
-                    c100 = mov[z0 + 1, y0, x0]
-                    c101 = mov[z0 + 1, y0, x0 + 1]
-                    c110 = mov[z0 + 1, y0 + 1, x0]
-                    c111 = mov[z0 + 1, y0 + 1, x0 + 1]
+                    i = (z0 * H + y0) * W + x0            # one flat index for the eight corners
+                    c000 = flat[i]
+                    c001 = flat[i + 1]
+                    c010 = flat[i + W]
+                    c011 = flat[i + W + 1]
+                    c100 = flat[i + HW]
+                    c101 = flat[i + HW + 1]
+                    c110 = flat[i + HW + W]
+                    c111 = flat[i + HW + W + 1]
                 else:
                     zi0 = 0 <= z0 < D
                     zi1 = 0 <= z0 + 1 < D
@@ -132,6 +142,10 @@ def _warp3(mov, phi, out, dw, bz, by, bx, scale, k):
                 p0 = gy * (gx * c000 + fx * c001) + fy * (gx * c010 + fx * c011)
                 p1 = gy * (gx * c100 + fx * c101) + fy * (gx * c110 + fx * c111)
                 out[d, h, w] = gz * p0 + fz * p1
+                j = out[d, h, w]                         # rounded to the images' dtype
+                mom[0, d, h, w] = j
+                mom[1, d, h, w] = j * j
+                mom[2, d, h, w] = fix[d, h, w] * j
                 dw[0, d, h, w] = p1 - p0
                 dw[1, d, h, w] = gz * (gx * (c010 - c000) + fx * (c011 - c001)) + \
                     fz * (gx * (c110 - c100) + fx * (c111 - c101))
@@ -140,9 +154,9 @@ def _warp3(mov, phi, out, dw, bz, by, bx, scale, k):
 
 
 @njit(**_WARP)
-def _warp2(mov, phi, out, dw, by, bx, scale, k):
-    """The 2-D warp (mov and out (1, H, W), phi and dw (2, 1, H, W)): bilinear, zeros outside, and its slopes.
-    by, bx, scale as in `_warp3`; k = (1, (H-1)/2, (W-1)/2)."""
+def _warp2(mov, fix, phi, out, dw, mom, by, bx, scale, k):
+    """The 2-D warp (mov, fix and out (1, H, W), phi and dw (2, 1, H, W), mom (3, 1, H, W)): bilinear, zeros
+    outside, its slopes and the moments, as `_warp3`. by, bx, scale as there; k = (1, (H-1)/2, (W-1)/2)."""
     _, H, W = mov.shape
     sx, sy, one, ky, kx = scale[0], scale[1], k[0], k[1], k[2]
     for h in prange(H):
@@ -154,6 +168,9 @@ def _warp2(mov, phi, out, dw, by, bx, scale, k):
                 out[0, h, w] = 0.0
                 dw[0, 0, h, w] = 0.0
                 dw[1, 0, h, w] = 0.0
+                mom[0, 0, h, w] = 0.0
+                mom[1, 0, h, w] = 0.0
+                mom[2, 0, h, w] = 0.0
                 continue
             y0 = _floor(y)
             x0 = _floor(x)
@@ -170,6 +187,10 @@ def _warp2(mov, phi, out, dw, by, bx, scale, k):
             c10 = mov[0, y0 + 1, x0] if yi1 and xi0 else 0.0
             c11 = mov[0, y0 + 1, x0 + 1] if yi1 and xi1 else 0.0
             out[0, h, w] = gy * (gx * c00 + fx * c01) + fy * (gx * c10 + fx * c11)
+            j = out[0, h, w]
+            mom[0, 0, h, w] = j
+            mom[1, 0, h, w] = j * j
+            mom[2, 0, h, w] = fix[0, h, w] * j
             dw[0, 0, h, w] = gx * (c10 - c00) + fx * (c11 - c01)
             dw[1, 0, h, w] = gy * (c01 - c00) + fy * (c11 - c10)
 
@@ -338,8 +359,9 @@ def _gradient(boxed, warped, fixed, dw, phi, grad, scale, reg, nd):
 
 
 @njit(**_JIT)
-def _adam(phi, grad, m, v, vmax, step_size, bc2_sqrt):
-    """One torch.optim.Adam(amsgrad=True) step, in place (lr and bias corrections folded by the caller)."""
+def _adam(phi, grad, m, v, vmax, step_size, bc2_sqrt, first):
+    """One torch.optim.Adam(amsgrad=True) step, in place (lr and bias corrections folded by the caller). The
+    first step starts the moments at zero (m, v, vmax may then hold anything: no separate zeroing pass)."""
     flat_p = phi.reshape(-1)
     flat_g = grad.reshape(-1)
     fm = m.reshape(-1)
@@ -347,6 +369,10 @@ def _adam(phi, grad, m, v, vmax, step_size, bc2_sqrt):
     fx = vmax.reshape(-1)
     for i in prange(flat_p.size):
         g = flat_g[i]
+        if first:
+            fm[i] = 0.0
+            fv[i] = 0.0
+            fx[i] = 0.0
         fm[i] = fm[i] + (1.0 - BETA1) * (g - fm[i])          # lerp, as torch's Adam
         fv[i] = BETA2 * fv[i] + (1.0 - BETA2) * g * g
         if fv[i] > fx[i]:
@@ -362,14 +388,70 @@ def _sgd(phi, grad, lr):
         flat_p[i] -= lr * flat_g[i]
 
 
+@njit(parallel=True, cache=True, nogil=True)   # no fastmath: the products and differences rounded as numpy's
+def _fixed_stats(s, mean_i, var_i, n):
+    """mean_I = S_I / n and var_I = S_II - S_I mean_I from the box sums s = (S_I, S_II), in the images' dtype
+    (n of that dtype), as `losses.FixedLNCC` computes them."""
+    flat_s = s[0].reshape(-1)
+    flat_ss = s[1].reshape(-1)
+    flat_m = mean_i.reshape(-1)
+    flat_v = var_i.reshape(-1)
+    for i in prange(flat_s.size):
+        mean = flat_s[i] / n
+        flat_m[i] = mean
+        flat_v[i] = flat_ss[i] - flat_s[i] * mean
+
+
+@njit(**_JIT)
+def _square(f, mom):
+    """mom = (f, f^2) (each rounded to f's dtype)."""
+    a = f.reshape(-1)
+    m0 = mom[0].reshape(-1)
+    m1 = mom[1].reshape(-1)
+    for i in prange(a.size):
+        x = a[i]
+        m0[i] = x
+        m1[i] = x * x
+
+
+class Scratch:
+    """The full-size arrays of one refinement's shapes (reused across calls of `run` in one thread: a fresh set
+    costs page faults on every first touch, a tenth of a step at 80x96x112)."""
+
+    def __init__(self, b, nd, vol, dtype):
+        self.key = (b, nd, vol, np.dtype(dtype))
+        self.mom = np.empty((3, *vol), dtype)
+        self.tmp = np.empty_like(self.mom)
+        self.warped = np.empty((1, *vol), dtype)
+        self.dw = np.empty((nd, *vol), dtype)
+        self.grad = np.empty((b, nd, *vol), dtype)
+        self.mean_i = np.empty((b, *vol), dtype)
+        self.var_i = np.empty((b, *vol), dtype)
+        self.adam = np.empty((3, b, nd, *vol), dtype)   # m, v, vmax
+
+
+_LOCAL = threading.local()
+
+
+def _scratch(b, nd, vol, dtype) -> Scratch:
+    """This thread's scratch arrays for these shapes (only the last shapes' are kept)."""
+    key = (b, nd, vol, np.dtype(dtype))
+    held = getattr(_LOCAL, "scratch", None)
+    if held is None or held.key != key:
+        _LOCAL.scratch = held = None          # let the old arrays go before the new ones are made
+        _LOCAL.scratch = held = Scratch(*key)
+    return held
+
+
 class Problem:
     """One refinement: per batch item, the moving image, the fixed image's statistics and the scratch buffers.
 
     `energy_and_gradient(phi)` writes d(energy)/d(phi) into `self.grad` and returns (energy, sum of gradient),
     rounded to the images' dtype as the PyTorch path's are. phi: (B, nd, *spatial) numpy, float32 or float64.
+    `scratch`: the arrays to work in (`run` passes its thread's; by default, new ones).
     """
 
-    def __init__(self, moving, fixed, reg_weight, window, eps=1e-5):
+    def __init__(self, moving, fixed, reg_weight, window, eps=1e-5, scratch=None):
         self.nd = moving.ndim - 2
         self.dtype = moving.dtype
         b = moving.shape[0]
@@ -395,32 +477,21 @@ class Problem:
         g = base[0].numpy()              # (*spatial, nd), x first; coordinate c depends on its own axis only
         axes = [g[:, 0, 0, 2], g[0, :, 0, 1], g[0, 0, :, 0]] if self.nd == 3 else [g[:, 0, 1], g[0, :, 0]]
         self.grid = (*(np.ascontiguousarray(a) for a in axes), scale.numpy(), np.array(k, self.dtype))
+        self.scratch = sc = scratch if scratch is not None else Scratch(b, self.nd, vol, self.dtype)
+        self.mom, self.tmp, self.warped, self.dw, self.grad = sc.mom, sc.tmp, sc.warped, sc.dw, sc.grad
         self.stats = []
-        mom = np.empty((2, *vol), self.dtype)
-        tmp = np.empty_like(mom)
-        for f in self.fixed:                                                # _fixed_stats, once
-            mom[0] = f
-            mom[1] = f * f
-            s_i, s_ii = box_sum(mom, self.r, tmp)
-            mean_i = (s_i / self.dtype.type(self.n)).astype(self.dtype)
-            var_i = (s_ii - s_i * mean_i).astype(self.dtype)
-            self.stats.append((mean_i, var_i))
-        self.mom = np.empty((3, *vol), self.dtype)
-        self.tmp = np.empty_like(self.mom)
-        self.warped = np.empty((1, *vol), self.dtype)
-        self.dw = np.empty((self.nd, *vol), self.dtype)
-        self.grad = np.empty((b, self.nd, *vol), self.dtype)
+        for i, f in enumerate(self.fixed):                                  # losses.FixedLNCC's statistics, once
+            _square(f, sc.mom[:2])
+            s = box_sum(sc.mom[:2], self.r, sc.tmp[:2])
+            _fixed_stats(s, sc.mean_i[i], sc.var_i[i], self.dtype.type(self.n))
+            self.stats.append((sc.mean_i[i], sc.var_i[i]))
 
     def energy_and_gradient(self, phi):
         cc_sum, sq, gsum = 0.0, np.zeros(3), 0.0
         for i, (mov, fix, (mean_i, var_i)) in enumerate(zip(self.moving, self.fixed, self.stats)):
             p = phi[i].reshape(self.grad.shape[1:])
-            (_warp3 if self.nd == 3 else _warp2)(mov, p, self.warped[0], self.dw, *self.grid)
-            mom, j = self.mom, self.warped[0]
-            np.copyto(mom[0], j)
-            np.multiply(j, j, out=mom[1])
-            np.multiply(fix, j, out=mom[2])
-            boxed = box_sum(mom, self.r, self.tmp)
+            (_warp3 if self.nd == 3 else _warp2)(mov, fix, p, self.warped[0], self.dw, self.mom, *self.grid)
+            boxed = box_sum(self.mom, self.r, self.tmp)
             cc_sum += _coefficients(boxed, mean_i, var_i, self.n, self.eps)
             boxed = box_sum(boxed, self.r, self.tmp if boxed is self.mom else self.mom)
             s0, s1, s2, g = _gradient(boxed, self.warped, fix, self.dw, p, self.grad[i], self.scale, self.reg,
@@ -442,17 +513,17 @@ def run(disp, moving, fixed, steps, lr, reg_weight, optimizer, window, on_energy
     """
     # as many threads as PyTorch may use (a run's `threads`, torch.set_num_threads), at most numba's pool
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-    prob = Problem(moving, fixed, reg_weight, window)
+    nd = moving.ndim - 2
+    vol = (1, *moving.shape[2:]) if nd == 2 else tuple(moving.shape[2:])
+    prob = Problem(moving, fixed, reg_weight, window, scratch=_scratch(moving.shape[0], nd, vol, moving.dtype))
     phi = disp.reshape(prob.grad.shape)
-    m = np.zeros_like(phi)
-    v = np.zeros_like(phi)
-    vmax = np.zeros_like(phi)
+    m, v, vmax = prob.scratch.adam
     for t in range(1, steps + 1):
         energy, gsum = prob.energy_and_gradient(phi)
         if not on_energy(energy, gsum):
             return None                  # stopped at a non-finite energy: no final energy, as PyTorch's path
         if optimizer == "adam":
-            _adam(phi, prob.grad, m, v, vmax, lr / (1.0 - BETA1 ** t), math.sqrt(1.0 - BETA2 ** t))
+            _adam(phi, prob.grad, m, v, vmax, lr / (1.0 - BETA1 ** t), math.sqrt(1.0 - BETA2 ** t), t == 1)
         else:
             _sgd(phi, prob.grad, lr)
     if final_energy:

@@ -205,6 +205,28 @@ def test_the_kernels_are_not_used_where_they_do_not_apply(monkeypatch):
 
 
 @needs_numba
+def test_reused_scratch_arrays_carry_nothing_from_one_refinement_to_the_next():
+    """`run` keeps its full-size arrays between calls (same shapes: same arrays; Adam's first step ignores what
+    its moments hold); each refinement must still equal one in fresh arrays, after another pair and after SGD."""
+    from ofg_lib.optimizer import cpu_kernels_set
+    a = _problem((10, 12, 14), batch=2, dtype=torch.float32, seed=0)
+    b = _problem((10, 12, 14), batch=2, dtype=torch.float32, seed=5)
+    with cpu_kernels_set(True):
+        refine_with_history(a[2], a[0], a[1], optimizer="sgd", inner_lr=50.0)
+        held = kernels._LOCAL.scratch
+        first = refine_with_history(a[2], a[0], a[1], final_energy=True)
+        refine_with_history(b[2], b[0], b[1])
+        again = refine_with_history(a[2], a[0], a[1], final_energy=True)
+        assert kernels._LOCAL.scratch is held               # the same arrays served every call
+        kernels._LOCAL.scratch = None                         # fresh arrays
+        fresh = refine_with_history(a[2], a[0], a[1], final_energy=True)
+    for r in (first, again):
+        assert torch.equal(r.disp, fresh.disp) and r.energies == fresh.energies
+        assert r.final_energy == fresh.final_energy
+    assert first.energies[-1] < first.energies[0]
+
+
+@needs_numba
 def test_the_kernels_use_as_many_threads_as_pytorch_may():
     import numba
     moving, fixed, disp = _problem((8, 10, 12), dtype=torch.float32)

@@ -394,3 +394,24 @@ def test_one_of_is_the_one_choice_check():
         from_config({"dataset": "mnist", "img_size": [32, 32]}, "val")
     with pytest.raises(ValueError, match=r"^optimizer must be one of adam, sgd, got 'lbfgs'$"):
         _make_optimizer("lbfgs", [torch.zeros(1, requires_grad=True)], 0.1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64, torch.int64])
+def test_the_finite_check_finds_one_bad_value_anywhere(dtype):
+    """`_checks.finite` (one min/max reduction for floats) against numpy's elementwise isfinite: one NaN, +Inf or
+    -Inf at the first, a middle or the last element, of contiguous and permuted tensors; ints are always finite."""
+    from ofg_lib._checks import finite
+    x = torch.arange(2 * 3 * 4 * 5).reshape(2, 3, 4, 5).to(dtype)
+    finite("x", x)
+    finite("empty", torch.empty(0, 3, dtype=dtype))
+    if not dtype.is_floating_point:
+        return
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        for pos in (0, 57, x.numel() - 1):
+            for view in (lambda t: t, lambda t: t.permute(0, 3, 1, 2)):
+                y = x.clone()
+                y.view(-1)[pos] = bad
+                y = view(y)
+                assert not np.isfinite(y.float().numpy()).all()
+                with pytest.raises(ValueError, match="x has 1 non-finite value"):
+                    finite("x", y)
