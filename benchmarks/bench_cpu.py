@@ -101,9 +101,9 @@ def agreement(net, x) -> float:
     return float((a - b).abs().max() / a.abs().max().clamp_min(1e-30))
 
 
-def network_row(size, repeats):
+def network_row(size, repeats, model="voxelmorph-1"):
     torch.manual_seed(0)
-    net = models.build("voxelmorph-1", size)
+    net = models.build(model, size)
     with torch.no_grad():
         for p in net.parameters():      # trained-like weights (the flow layer starts near zero)
             p.normal_(0, 0.05)
@@ -178,20 +178,26 @@ def kernel_breakdown(size, repeats: int = 5) -> list[dict]:
     return out
 
 
-def _top_ops(fn, top: int = 6) -> list[dict]:
-    """The `top` ATen ops of fn() by self CPU time, as shares of the total (3 calls after 2 warm-ups)."""
+def _top_ops(fn, top: int = 6, shapes: bool = False) -> list[dict]:
+    """The `top` ATen ops of fn() by self CPU time, as shares of the total (3 calls after 2 warm-ups); with
+    `shapes`, one row per op and input shape (the first input's shape is kept)."""
     for _ in range(2):
         fn()
-    with torch.autograd.profiler.profile() as prof:
+    with torch.autograd.profiler.profile(record_shapes=shapes) as prof:
         for _ in range(3):
             fn()
-    ops = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    ops = sorted(prof.key_averages(group_by_input_shape=shapes), key=lambda e: e.self_cpu_time_total, reverse=True)
     total = sum(e.self_cpu_time_total for e in ops)
-    return [{"op": e.key, "share": e.self_cpu_time_total / total, "calls_per_pass": e.count / 3} for e in ops[:top]]
+
+    def name(e):
+        first = next((s for s in (e.input_shapes or []) if s), None) if shapes else None
+        return f"{e.key} {'x'.join(map(str, first))}" if first else e.key
+    return [{"op": name(e), "share": e.self_cpu_time_total / total, "calls_per_pass": e.count / 3}
+            for e in ops[:top]]
 
 
 def profile_row(size, top: int = 6) -> list[dict]:
-    """Where the time of one forward+backward goes with the new path."""
+    """Where the time of one forward+backward goes with the new path, per op and input shape."""
     torch.manual_seed(0)
     net = models.build("voxelmorph-1", size)
     x = torch.rand(1, 2, *size)
@@ -199,7 +205,7 @@ def profile_row(size, top: int = 6) -> list[dict]:
     def fwd_bwd():
         net.zero_grad(set_to_none=True)
         net(x).square().mean().backward()
-    return _top_ops(fwd_bwd, top)
+    return _top_ops(fwd_bwd, top, shapes=True)
 
 
 def profile_loop(size, top: int = 6) -> list[dict]:
@@ -236,13 +242,15 @@ def markdown(result: dict) -> str:
     if result.get("kernels"):
         k = result["kernels"]
         lines += ["", f"The new loop's time per stage at {k['size']} (one call each, medians; a refinement sets up "
-                  "once, and each step calls each stage once except the box sums, twice):", "", "| stage | ms |", "|---|---|"]
+                  "once, and each step calls each stage once except the box sums, twice):", "", "| stage | ms |",
+                  "|---|---|"]
         lines += [f"| {r['stage']} | {r['ms']:.1f} |" for r in k["stages"]]
     for key, what in (("profile", "a forward+backward of the network, new path"),
                       ("loop_profile", "the baseline's 10-step loop")):
         if result.get(key):
             lines += ["", f"Where {what} at {result[key]['size']} spends its time (ATen ops by self CPU time, "
-                      "`torch.autograd.profiler`; calls per pass = per call of the whole):", "",
+                      "`torch.autograd.profiler`; calls per pass = per call of the whole; with an input shape: "
+                      "that op on inputs of that shape):", "",
                       "| op | share | calls per pass |", "|---|---|---|"]
             lines += [f"| {o['op']} | {100 * o['share']:.1f} % | {o['calls_per_pass']:g} |" for o in result[key]["ops"]]
     lines += ["", "| goal | measured | limit | status |", "|---|---|---|---|"]
@@ -271,6 +279,9 @@ def main(argv=None):
         name = "x".join(map(str, size))
         rows[f"VoxelMorph-1 forward+backward, {name}"] = network_row(size, args.repeats)
         print(f"network {name}: {rows[f'VoxelMorph-1 forward+backward, {name}']}", flush=True)
+        if size == first_3d:        # the small network the notebooks and tests train under CI
+            rows[f"VoxelMorph-1-tiny forward+backward, {name}"] = network_row(size, args.repeats, "voxelmorph-1-tiny")
+            print(f"tiny network {name}: {rows[f'VoxelMorph-1-tiny forward+backward, {name}']}", flush=True)
         if len(size) == 2 or size == first_3d:
             for strategy, r in step_rows(size, args.repeats).items():
                 rows[f"VoxelMorph-1 {strategy} training step, {name}"] = r

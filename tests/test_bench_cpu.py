@@ -20,6 +20,7 @@ def test_tiny_run_times_both_paths_and_checks_their_agreement(tmp_path):
     data = json.loads(out.read_text())
     rows = data["rows"]
     assert set(rows) == {"VoxelMorph-1 forward+backward, 32x32x32", "VoxelMorph-1 forward+backward, 32x48",
+                         "VoxelMorph-1-tiny forward+backward, 32x32x32",
                          "VoxelMorph-1 unsupervised training step, 32x32x32", "VoxelMorph-1 ofg training step, 32x32x32",
                          "VoxelMorph-1 unsupervised training step, 32x48", "VoxelMorph-1 ofg training step, 32x48",
                          "10-step inner loop (refine), 16x20x24", "10-step inner loop (refine), 24x28"}

@@ -168,6 +168,40 @@ def test_the_channels_last_cpu_path_agrees_with_pytorchs_and_float64(size):
     assert all(p.is_contiguous() for p in model.parameters())
 
 
+@pytest.mark.parametrize("cin, cout, depth, stride, padding", [
+    (4, 4, 48, 1, 1), (4, 3, 17, 1, 1), (2, 16, 48, 2, 1), (8, 8, 7, 2, 1), (6, 5, 9, 1, 0), (3, 4, 2, 1, 1)])
+def test_small_batch_one_convolutions_run_as_two_halves_on_onednn(cin, cout, depth, stride, padding):
+    """Where ATen would send a batch-one 3-D convolution to slow_conv3d, layers.Conv3d convolves the two halves
+    of the volume along D as a batch of two on oneDNN: output and gradients equal a float64 convolution to float32
+    rounding (even and odd output depths, strides 1 and 2, with and without padding), and no slow_conv3d runs."""
+    from ofg_lib.models.layers import Conv3d, cpu_channels_last_set
+    torch.manual_seed(0)
+    layer = Conv3d(cin, cout, 3, stride=stride, padding=padding)
+    ref = nn.Conv3d(cin, cout, 3, stride=stride, padding=padding).double()
+    ref.load_state_dict(layer.state_dict())
+    x = torch.randn(1, cin, depth, 20, 24)
+    assert layer._as_halves(x)
+    target = torch.randn_like(ref(x.double()))
+
+    def run(net, inp):
+        inp = inp.clone().requires_grad_(True)
+        net.zero_grad(set_to_none=True)
+        out = net(inp)
+        (out * target.to(out.dtype)).sum().backward()
+        return [t.detach().double() for t in (out, inp.grad, net.weight.grad, net.bias.grad)]
+
+    with cpu_channels_last_set(True), torch.autograd.profiler.profile() as prof:
+        got = run(layer, x)
+    want = run(ref, x.double())
+    for g, w in zip(got, want):
+        assert g.shape == w.shape and (g - w).abs().max() <= 1e-5 * w.abs().max()
+    ops = {e.key for e in prof.key_averages()}
+    assert not any("slow_conv3d" in op for op in ops) and "aten::mkldnn_convolution" in ops
+    assert got[0].shape[2] == (depth + 2 * padding - 3) // stride + 1
+    assert not layer._as_halves(torch.randn(2, cin, depth, 20, 24))      # a batch of two is oneDNN's already
+    assert not layer._as_halves(torch.randn(1, cin, 200, 64, 24))        # above the heuristic's threshold
+
+
 @pytest.mark.parametrize("name", ["voxelmorph-1-tiny", "transmorph-tiny", "vit-v-net-tiny"])
 def test_every_model_returns_a_contiguous_field_on_the_cpu(name):
     """The channels-last CPU path is internal: callers get the usual NCDHW layout from every model."""
