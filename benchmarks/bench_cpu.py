@@ -225,7 +225,8 @@ def markdown(result: dict) -> str:
              f"{m['threads']} threads, {m['repeats']} repeats (medians)", "",
              "Baseline: the CPU path before issue 21, PyTorch's own convolutions and the instance optimizer's "
              "PyTorch loop (`cpu_channels_last_set(False)`, `cpu_kernels_set(False)`); new: channels-last oneDNN "
-             "convolutions (`ofg_lib/models/layers.py`) and the fused numba loop (`ofg_lib/_refine_cpu.py`). "
+             "convolutions, batch-one halves where ATen would use slow_conv3d (`ofg_lib/models/layers.py`), and "
+             "the fused numba loop (`ofg_lib/_refine_cpu.py`). "
              "Ratio = baseline / new (above 1: faster). Both paths alternate in one process. Network rows: largest "
              "output difference relative to the largest output; loop rows: largest field difference in voxels "
              "after ten steps, and each path's distance from the float64 loop.", "",
