@@ -91,6 +91,19 @@ def load_runs(run_dir, seed: int = 0, strategies=("unsupervised", "ofg"), device
 NOTEBOOK_05_RUN_DIR = "results/ci/05_training"
 
 
+def execute_notebook(nb, out, parameters=None, cwd=None, progress_bar=False) -> None:
+    """Run the notebook `nb` with papermill on the project's kernel (python3), writing the executed copy to `out`.
+    On POSIX the kernel talks to papermill over IPC sockets instead of loopback TCP: the same messages, and no
+    "Kernel is running over TCP without encryption" warning on the caller's stderr (ipykernel 7)."""
+    import os
+
+    import papermill as pm
+    from traitlets.config import Config
+    config = Config({"KernelManager": {"transport": "ipc"}}) if os.name == "posix" else Config()
+    pm.execute_notebook(str(nb), str(out), parameters=parameters or {}, kernel_name="python3", cwd=cwd and str(cwd),
+                        log_output=False, progress_bar=progress_bar, config=config)
+
+
 def run_notebook_05(run_dir, seed: int = 0, log=print, parameters: dict | None = None) -> Path:
     """Execute notebook 05 (its defaults, with `run_dir`, `seeds=[seed]` and any other `parameters`) through
     papermill, with a progress bar; the executed copy is `run_dir/05_ofg_training.ipynb`. Returns its path. It takes
@@ -100,7 +113,6 @@ def run_notebook_05(run_dir, seed: int = 0, log=print, parameters: dict | None =
     import time
 
     import jupytext
-    import papermill as pm
 
     from .files import REPO
     run_dir = Path(run_dir)
@@ -120,10 +132,8 @@ def run_notebook_05(run_dir, seed: int = 0, log=print, parameters: dict | None =
         env = os.environ.get("OFG_STATIC")
         os.environ["OFG_STATIC"] = "1"          # the child kernel draws static figures (no frontend shows it)
         try:
-            pm.execute_notebook(str(nb), str(out), parameters={**(parameters or {}), "run_dir": str(run_dir),
-                                                               "seeds": [seed]},
-                                kernel_name="python3", cwd=str(REPO), log_output=False,
-                                progress_bar=not (os.environ.get("CI") or os.environ.get("OFG_QUIET")))
+            execute_notebook(nb, out, parameters={**(parameters or {}), "run_dir": str(run_dir), "seeds": [seed]},
+                             cwd=REPO, progress_bar=not (os.environ.get("CI") or os.environ.get("OFG_QUIET")))
         finally:
             if env is None:
                 os.environ.pop("OFG_STATIC", None)

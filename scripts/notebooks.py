@@ -94,7 +94,7 @@ def convert(out: Path) -> list[Path]:
 
 
 def reproduce(profile: str, only: list[str] | None = None) -> None:
-    import papermill as pm
+    from ofg_lib.compare import execute_notebook
     problems = check_params()
     if problems:
         raise SystemExit("\n".join(problems))
@@ -110,8 +110,7 @@ def reproduce(profile: str, only: list[str] | None = None) -> None:
         partial = results / f".{nb.stem}.partial.ipynb"
         t0 = time.perf_counter()
         print(f"[{profile}] {nb.stem} ...", flush=True)
-        pm.execute_notebook(str(nb), str(partial), parameters=params.get(nb.stem, {}), kernel_name="python3",
-                            progress_bar=False, cwd=str(ROOT))
+        execute_notebook(nb, partial, parameters=params.get(nb.stem, {}), cwd=ROOT)
         os.replace(partial, final)
         print(f"[{profile}] {nb.stem} done in {time.perf_counter() - t0:.0f} s -> {final.relative_to(ROOT)}",
               flush=True)

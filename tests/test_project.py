@@ -187,3 +187,23 @@ def test_the_lab_check_skips_with_a_message_without_chromium(monkeypatch, capsys
     monkeypatch.setattr(lab.shutil, "which", lambda name: None)
     assert lab.main([]) == 0
     assert "no chromium on the PATH" in capsys.readouterr().out
+
+
+def test_notebooks_run_through_papermill_leave_no_kernel_warning_on_stderr(tmp_path, capfd):
+    """`compare.execute_notebook` (make reproduce, notebook 05 made on demand) runs the kernel over IPC on POSIX:
+    the executed cell's output is there, and ipykernel's "running over TCP without encryption" warning, which a
+    TCP kernel prints on the caller's stderr, is not."""
+    import os
+
+    import nbformat
+    from ofg_lib.compare import execute_notebook
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("x = 6 * 7\nprint(x)")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    src, out = tmp_path / "t.ipynb", tmp_path / "out.ipynb"
+    nbformat.write(nb, src)
+    execute_notebook(src, out, cwd=tmp_path)
+    outputs = nbformat.read(out, as_version=4).cells[0].outputs
+    assert any("42" in o.get("text", "") for o in outputs)
+    if os.name == "posix":
+        assert "without encryption" not in capfd.readouterr().err
