@@ -227,3 +227,20 @@ def test_predict_is_the_one_input_convention():
     net = models.build("voxelmorph-1-tiny", (16, 16, 16))
     m, f = torch.rand(1, 1, 16, 16, 16), torch.rand(1, 1, 16, 16, 16)
     assert torch.equal(models.predict(net, m, f), net(torch.cat([m, f], 1)))
+
+
+def test_the_cpu_paths_are_no_ops_off_the_cpu_and_off_float32():
+    """Issue 21's CPU paths cannot touch CUDA: both switches test the tensor's device (a meta tensor stands in
+    for a GPU one here), and a float64 layer is PyTorch's own convolution bit for bit."""
+    from ofg_lib.models.layers import Conv3d, _fast
+    from ofg_lib.optimizer import _kernels_apply, cpu_kernels
+    for device in ("meta", "cpu"):
+        x = torch.empty(1, 4, 8, 8, 8, device=device)
+        assert _fast(x) == (device == "cpu")
+        assert _kernels_apply(torch.empty(1, 3, 8, 8, 8, device=device), x[:, :1], 1) == (device == "cpu"
+                                                                                           and cpu_kernels())
+    torch.manual_seed(0)
+    layer = Conv3d(4, 4, 3, padding=1).double()
+    x = torch.randn(1, 4, 8, 8, 8, dtype=torch.float64)
+    assert not _fast(x)
+    assert torch.equal(layer(x), torch.nn.functional.conv3d(x, layer.weight, layer.bias, 1, 1))
