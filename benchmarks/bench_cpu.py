@@ -160,7 +160,7 @@ def kernel_breakdown(size, repeats: int = 5) -> list[dict]:
     m, v, vmax = (np.zeros_like(phi) for _ in range(3))
     stages = {
         "set-up: the fixed image's statistics": lambda: _refine_cpu.Problem(moving.numpy(), fixed.numpy(), 1.0, 9,
-                                                                            scratch=prob.scratch),
+                                                                            reuse=True),
         "warp, its slope and the moments J, J^2, IJ": lambda: warp(mov, fix, p.reshape(prob.grad.shape[1:]),
                                                                    prob.warped[0], prob.dw, prob.mom, *prob.grid),
         "box sums (x2 per step)": lambda: _refine_cpu.box_sum(prob.mom, prob.r, prob.tmp),

@@ -448,10 +448,10 @@ class Problem:
 
     `energy_and_gradient(phi)` writes d(energy)/d(phi) into `self.grad` and returns (energy, sum of gradient),
     rounded to the images' dtype as the PyTorch path's are. phi: (B, nd, *spatial) numpy, float32 or float64.
-    `scratch`: the arrays to work in (`run` passes its thread's; by default, new ones).
+    `reuse`: work in this thread's kept arrays (`_scratch`, what `run` does) instead of new ones.
     """
 
-    def __init__(self, moving, fixed, reg_weight, window, eps=1e-5, scratch=None):
+    def __init__(self, moving, fixed, reg_weight, window, eps=1e-5, reuse=False):
         self.nd = moving.ndim - 2
         self.dtype = moving.dtype
         b = moving.shape[0]
@@ -477,7 +477,7 @@ class Problem:
         g = base[0].numpy()              # (*spatial, nd), x first; coordinate c depends on its own axis only
         axes = [g[:, 0, 0, 2], g[0, :, 0, 1], g[0, 0, :, 0]] if self.nd == 3 else [g[:, 0, 1], g[0, :, 0]]
         self.grid = (*(np.ascontiguousarray(a) for a in axes), scale.numpy(), np.array(k, self.dtype))
-        self.scratch = sc = scratch if scratch is not None else Scratch(b, self.nd, vol, self.dtype)
+        self.scratch = sc = (_scratch if reuse else Scratch)(b, self.nd, vol, self.dtype)
         self.mom, self.tmp, self.warped, self.dw, self.grad = sc.mom, sc.tmp, sc.warped, sc.dw, sc.grad
         self.stats = []
         for i, f in enumerate(self.fixed):                                  # losses.FixedLNCC's statistics, once
@@ -513,9 +513,7 @@ def run(disp, moving, fixed, steps, lr, reg_weight, optimizer, window, on_energy
     """
     # as many threads as PyTorch may use (a run's `threads`, torch.set_num_threads), at most numba's pool
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-    nd = moving.ndim - 2
-    vol = (1, *moving.shape[2:]) if nd == 2 else tuple(moving.shape[2:])
-    prob = Problem(moving, fixed, reg_weight, window, scratch=_scratch(moving.shape[0], nd, vol, moving.dtype))
+    prob = Problem(moving, fixed, reg_weight, window, reuse=True)
     phi = disp.reshape(prob.grad.shape)
     m, v, vmax = prob.scratch.adam
     for t in range(1, steps + 1):
